@@ -1,0 +1,3 @@
+from teacher_audit.cli import main
+
+main()

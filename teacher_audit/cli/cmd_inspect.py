@@ -1,0 +1,13 @@
+"""`teacher-audit inspect` (not built yet: its issue has not landed)."""
+
+from __future__ import annotations
+
+from teacher_audit.cli.app import app, guarded
+from teacher_audit.errors import NotAuditable
+
+
+@app.command("inspect", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@guarded
+def inspect() -> None:
+    """Not built yet."""
+    raise NotAuditable("'inspect' is not built yet")
