@@ -62,19 +62,19 @@ def guarded(fn: F) -> F:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point; click's usage errors exit with USAGE (4), not click's 2."""
-    import click
-
+    """Console-script entry point; usage errors exit with USAGE (4), not the parser's default 2."""
     from teacher_audit.cli import commands  # noqa: F401  (registers every command)
 
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        rv = app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("teacher-audit: interrupted", markup=False)
         sys.exit(int(ExitCode.ERROR))
-    except click.ClickException as exc:
-        err.print(f"teacher-audit: usage: {one_line(Exception(exc.format_message()))}", markup=False)
+    except typer.TyperException as exc:
+        msg = exc.format_message()
+        if msg:
+            err.print(f"teacher-audit: usage: {one_line(Exception(msg))}", markup=False)
         sys.exit(int(ExitCode.USAGE))
-    sys.exit(int(ExitCode.PASS))
+    sys.exit(rv if isinstance(rv, int) else int(ExitCode.PASS))
