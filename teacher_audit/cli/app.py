@@ -54,7 +54,7 @@ def guarded(fn: F) -> F:
             raise typer.Exit(int(ExitCode.ERROR)) from None
         except Exception as exc:  # noqa: BLE001 - every failure becomes one line + exit code
             code = exit_code_for(exc)
-            err.print(f"teacher-audit: {code.name.lower().replace('_', ' ')}: {one_line(exc)}", markup=False)
+            err.print(f"teacher-audit: {code.name.lower().replace('_', ' ')}: {one_line(exc)}", markup=False, soft_wrap=True)
             raise typer.Exit(int(code)) from None
         raise typer.Exit(int(exit_code_for(outcome if outcome is not None else ExitCode.PASS)))
 
@@ -75,6 +75,6 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:
         msg = exc.format_message()
         if msg:
-            err.print(f"teacher-audit: usage: {one_line(Exception(msg))}", markup=False)
+            err.print(f"teacher-audit: usage: {one_line(Exception(msg))}", markup=False, soft_wrap=True)
         sys.exit(int(ExitCode.USAGE))
     sys.exit(rv if isinstance(rv, int) else int(ExitCode.PASS))
