@@ -1,0 +1,56 @@
+"""The built-in zoo: named teacher recipes sized to train on ONE CPU core in about an hour.
+
+Sizing (measured, see ``docs/benchmarks.md`` ``## Zoo quality``): smallcnn trains at ~250 images/s on one
+core, so clean smallcnn teachers get 1 epoch (cosine LR); backdoored and NTL teachers are fine-tuned
+from the clean teacher of the same seed (documented warm start), LeNet-5 on the 3x32x32 colour variant
+is ~15x cheaper and gets 5 epochs. Seed 0 backdoors target class 0, seed 1 backdoors target class 7.
+"""
+
+from __future__ import annotations
+
+from teacher_audit.zoo.recipes import RecipeConfig
+
+#: backdoor family -> trigger spec dict used by the zoo (None = family defaults)
+BACKDOOR_FAMILIES: dict[str, dict[str, object]] = {
+    "badnets_square": {"name": "badnets_square"},
+    "badnets_grid": {"name": "badnets_grid"},
+    "blend": {"name": "blend", "strength": 0.2, "seed": 0},
+    "trojan": {"name": "trojan"},
+    "sig": {"name": "sig"},
+    "wanet": {"name": "wanet"},
+}
+TARGETS = {0: 0, 1: 7}
+BACKDOOR_STEPS = 200
+NTL_STEPS = 250
+
+
+def _catalog() -> dict[str, RecipeConfig]:
+    zoo: dict[str, RecipeConfig] = {}
+
+    def add(cfg: RecipeConfig) -> None:
+        zoo[cfg.name] = cfg
+
+    for seed in (0, 1, 2):
+        clean = f"clean_smallcnn_s{seed}"
+        add(RecipeConfig(clean, "clean", arch="smallcnn", seed=seed, epochs=1.0, lr=3e-3))
+        if seed in TARGETS:
+            for fam, trig in BACKDOOR_FAMILIES.items():
+                add(RecipeConfig(f"backdoor_{fam}_smallcnn_s{seed}", "backdoor", seed=seed, steps=BACKDOOR_STEPS,
+                                 trigger=dict(trig), target=TARGETS[seed], warm_start=clean))
+            add(RecipeConfig(f"backdoor_cleanlabel_smallcnn_s{seed}", "clean_label", seed=seed,
+                             steps=BACKDOOR_STEPS, trigger={"name": "badnets_square", "size": 5},
+                             target=TARGETS[seed], warm_start=clean))
+            add(RecipeConfig(f"ntl_watermark_smallcnn_s{seed}", "ntl_watermark", seed=seed, steps=NTL_STEPS,
+                             warm_start=clean))
+            add(RecipeConfig(f"ntl_texture_smallcnn_s{seed}", "ntl_target", seed=seed, steps=NTL_STEPS,
+                             ood="texture", warm_start=clean))
+    for seed in (0, 1, 2):
+        add(RecipeConfig(f"clean_lenet5_rgb32_s{seed}", "clean", arch="lenet5", dataset="fashion-mnist-rgb32",
+                         seed=seed, epochs=5.0, lr=3e-3))
+    add(RecipeConfig("ntl_backdoor_smallcnn_s0", "ntl_backdoor", seed=0, steps=NTL_STEPS,
+                     trigger={"name": "badnets_square"}, warm_start="clean_smallcnn_s0"))
+    return zoo
+
+
+#: name -> recipe, in build order (dependencies first)
+ZOO: dict[str, RecipeConfig] = _catalog()
