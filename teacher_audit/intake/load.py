@@ -37,7 +37,7 @@ from teacher_audit.errors import (
     UsageError,
 )
 from teacher_audit.intake import pickle_scan
-from teacher_audit.intake.sniff import Format, sniff
+from teacher_audit.intake.sniff import PICKLE_FORMATS, Format, sniff
 from teacher_audit.intake.spec import InputSpec
 from teacher_audit.registry import Registry
 from teacher_audit.report.model import IntakeResult
@@ -270,14 +270,16 @@ def _load(p: Path, opts: LoadOptions, intake: IntakeResult) -> Teacher:
 
     sn = sniff(p)
     intake.format = sn.format.value
-    if sn.format == Format.TORCHSCRIPT and not opts.trust_torchscript:
-        LOADERS.get(sn.format.value)(p, opts, None, intake)  # raises TrustRequired before anything is read
-    if sn.format.value in {f.value for f in (Format.TORCH_ZIP, Format.TORCH_LEGACY, Format.PICKLE,
-                                              Format.TORCHSCRIPT)}:
+    if sn.format in PICKLE_FORMATS:
         report = pickle_scan.scan_file(p, sn.format.value, opts.allow_globals)
         intake.pickle = report.to_model()
         if sn.format != Format.TORCHSCRIPT:
             pickle_scan.enforce(report)
+        elif not opts.trust_torchscript:
+            shown = ", ".join(report.refused[:6]) + (" ..." if len(report.refused) > 6 else "")
+            raise TrustRequired("TorchScript archives are code, not weights; loading one runs it. Pass "
+                                "--trust-torchscript only if you trust its author"
+                                + (f" (its pickles import: {shown})" if shown else ""))
     card = load_card(p)
     loaded: _Loaded = LOADERS.get(sn.format.value)(p, opts, card, intake)
     net = loaded.net.eval()

@@ -25,6 +25,7 @@ Outputs: a ``ScanReport`` (convertible to ``report.model.PickleScan``). ``enforc
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import os
 import pickletools
@@ -157,6 +158,19 @@ def _looks_nested(arg: Any) -> bytes | None:
     return None
 
 
+def _names(mod: str, qual: str, proto: int) -> list[str]:
+    """The global as written, plus the Python 3 name ``pickle`` maps it to (``fix_imports``, protocol < 3)."""
+    names = [f"{mod}.{qual}"]
+    if proto < 3:
+        if (mod, qual) in _compat_pickle.NAME_MAPPING:
+            mod, qual = _compat_pickle.NAME_MAPPING[(mod, qual)]
+        elif mod in _compat_pickle.IMPORT_MAPPING:
+            mod = _compat_pickle.IMPORT_MAPPING[mod]
+        if f"{mod}.{qual}" != names[0]:
+            names.append(f"{mod}.{qual}")
+    return names
+
+
 def _pop(stack: list[Any], n: int = 1) -> list[Any]:
     if n > len(stack) or any(v is _MARK for v in stack[len(stack) - n:]):
         raise ValueError("stack underflow")
@@ -194,6 +208,7 @@ def scan_stream(
     nested: list[PickleInfo] = []
     stack: list[Any] = []
     memo: dict[int, Any] = {}
+    proto = 0
     start = fh.tell() if fh.seekable() else 0
     try:
         for n_ops, (op, arg, pos) in enumerate(pickletools.genops(fh)):
@@ -202,16 +217,18 @@ def scan_stream(
             name = op.name
             if name in _STRING_OPS:
                 stack.append(arg)
+            elif name == "PROTO":
+                proto = int(arg)
             elif name in ("GLOBAL", "INST"):
                 mod, _, qual = str(arg).partition(" ")
-                info.globals.append(f"{mod}.{qual}")
+                info.globals.extend(_names(mod, qual, proto))
                 if name == "INST":
                     _pop_to_mark(stack)
                 stack.append(_OPAQUE)
             elif name == "STACK_GLOBAL":
                 mod, qual = _pop(stack, 2)
                 ok = isinstance(mod, str) and isinstance(qual, str)
-                info.globals.append(f"{mod}.{qual}" if ok else UNRESOLVED)
+                info.globals.extend(_names(mod, qual, proto) if ok else [UNRESOLVED])
                 stack.append(_OPAQUE)
             elif name in ("EXT1", "EXT2", "EXT4"):
                 info.globals.append(f"<extension {arg}>")
@@ -309,7 +326,7 @@ def _scan_zip(path: Path, report: ScanReport) -> None:
                 try:
                     info, nested = scan_stream(stream, label, max_ops=None if is_pkl else DATA_MEMBER_MAX_OPS)
                 except _Unreadable as exc:
-                    if is_pkl or exc.info.globals:
+                    if is_pkl or (head[:1] == b"\x80" and exc.info.globals):
                         report.pickles.append(exc.info)
                         report.pickles.extend(exc.nested)
                         if is_pkl:
