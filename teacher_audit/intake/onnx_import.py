@@ -1,0 +1,456 @@
+"""Load an untrusted ONNX classifier as a differentiable torch module, checked against onnxruntime.
+
+Threat assumption: the ``.onnx`` file and anything it references are attacker-controlled. Therefore
+
+- the protobuf is parsed with ``load_external_data=False``; every external-data ``location`` is resolved
+  relative to the model's folder and the model is refused (:class:`NotAuditable`) when a path is absolute,
+  contains ``..``, or resolves (through symlinks) outside that folder; only then is the data read;
+- the graph is *interpreted*, never executed as code: nodes run in topological order through the
+  whitelist in :mod:`teacher_audit.intake.onnx_ops`; an unknown operator, custom domain or subgraph refuses
+  the model naming it;
+- the conversion is verified: the torch module and onnxruntime (``CPUExecutionProvider``) see the same
+  random inputs and the maximum absolute difference of the logits is reported (and bounded).
+
+BatchNormalization nodes become ``nn.BatchNorm2d`` modules carrying the exported running statistics, so
+the BN prior of data-free distillation (Yin et al., CVPR 2020 "DeepInversion"; used by ABD, Hong et al.,
+ICML 2023) works when the export kept them (``do_constant_folding=False``). Default exports fold BN into
+the convolutions; ``OnnxTeacher.has_batchnorm`` tells the engine whether the prior is available.
+
+Usage::
+
+    t = load_onnx("teacher.onnx")
+    t.net(x_normalised)           # logits, differentiable w.r.t. x
+    t.spec                        # {"channels", "height", "width", "num_classes"} read off the graph
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from teacher_audit.errors import CorruptInput, NotAuditable
+from teacher_audit.intake.onnx_ops import DTYPES, ONNX_OPS
+
+MAX_NODES = 100_000
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class OnnxTeacher:
+    """A converted ONNX classifier.
+
+    Attributes:
+        net: torch module taking a normalised NCHW float tensor, returning logits.
+        spec: input-spec fields read off the graph (``channels``, ``height``, ``width``, ``num_classes``;
+            dynamic dimensions are left out), ready for ``card.resolve_spec(onnx_spec=...)``.
+        parity_max_abs_diff: max |torch - onnxruntime| over the parity inputs.
+        has_batchnorm: the graph kept BatchNormalization nodes (BN prior available).
+        opset: default-domain opset version.
+        ops: operator -> count.
+        static_batch: the graph's fixed batch size, or None when dynamic.
+        batch_chunked: the graph only runs at its static batch size, so ``net`` splits larger batches.
+        external_data: external-data locations that were checked and loaded.
+        parity_samples: number of random inputs compared.
+    """
+
+    net: nn.Module
+    spec: dict[str, int]
+    parity_max_abs_diff: float
+    has_batchnorm: bool
+    opset: int = 0
+    ops: dict[str, int] = field(default_factory=dict)
+    static_batch: int | None = None
+    batch_chunked: bool = False
+    external_data: list[str] = field(default_factory=list)
+    parity_samples: int = 0
+
+
+# ----------------------------------------------------------------------------- external data
+
+def _all_tensors(graph: Any) -> list[Any]:
+    """Initializers and tensor-valued node attributes, including those in subgraphs."""
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                tensors.append(attr.t)
+            tensors.extend(attr.tensors)
+            if attr.HasField("g"):
+                tensors.extend(_all_tensors(attr.g))
+            for g in attr.graphs:
+                tensors.extend(_all_tensors(g))
+    return tensors
+
+
+def check_external_data(model: Any, base_dir: str | os.PathLike[str]) -> list[str]:
+    """Validate every external-data location of ``model`` against ``base_dir``; return the locations.
+
+    Raises:
+        NotAuditable: a location is absolute, uses ``..``, is not a regular file, or resolves outside.
+    """
+    import onnx
+
+    root = os.path.realpath(base_dir)
+    locations: list[str] = []
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        loc = info.get("location", "")
+        shown = loc.encode("unicode_escape").decode()[:100]
+        parts = loc.replace("\\", "/").split("/")
+        if not loc or os.path.isabs(loc) or loc.startswith(("/", "\\")) or ":" in loc or ".." in parts:
+            raise NotAuditable(f"ONNX external data location {shown!r} escapes the model's folder; refused")
+        real = os.path.realpath(os.path.join(root, loc))
+        if os.path.commonpath([root, real]) != root:
+            raise NotAuditable(f"ONNX external data location {shown!r} resolves outside the model's folder; "
+                               "refused")
+        if not os.path.isfile(real):
+            raise CorruptInput(f"ONNX external data file {shown!r} is missing")
+        locations.append(loc)
+    return sorted(set(locations))
+
+
+# ----------------------------------------------------------------------------- graph module
+
+class OnnxBatchNorm(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` accepting any input rank >= 2 (ONNX BatchNormalization is rank-agnostic)."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {input.dim()}-D")
+
+
+def _to_torch(tensor_proto: Any) -> torch.Tensor:
+    from onnx import numpy_helper
+
+    arr = numpy_helper.to_array(tensor_proto)
+    if arr.dtype == object or arr.dtype.kind in "USO":
+        raise NotAuditable(f"unsupported ONNX tensor type in {tensor_proto.name!r}")
+    return torch.from_numpy(np.array(arr, copy=True))
+
+
+def _attributes(node: Any) -> dict[str, Any]:
+    from onnx import AttributeProto, helper
+
+    out: dict[str, Any] = {}
+    for attr in node.attribute:
+        if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+            raise NotAuditable(f"unsupported ONNX construct: subgraph in {node.op_type}")
+        value = helper.get_attribute_value(attr)
+        if attr.type == AttributeProto.TENSOR:
+            value = _to_torch(value)
+        elif attr.type == AttributeProto.STRING:
+            value = value.decode("utf-8", "replace")
+        elif attr.type in (AttributeProto.INTS, AttributeProto.FLOATS):
+            value = list(value)
+        elif attr.type != AttributeProto.INT and attr.type != AttributeProto.FLOAT:
+            raise NotAuditable(f"unsupported ONNX attribute {attr.name!r} of {node.op_type}")
+        out[attr.name] = value
+    return out
+
+
+def _key(name: str) -> str:
+    """A ModuleDict key for an ONNX tensor name (no dots, printable)."""
+    return "bn_" + "".join(c if c.isalnum() else "_" for c in name)[:120] + f"_{zlib.crc32(name.encode()):08x}"
+
+
+class OnnxModule(nn.Module):
+    """Interprets an ONNX classifier graph with torch ops (see module docstring).
+
+    Args:
+        model: a loaded ``onnx.ModelProto`` with external data already resolved.
+    """
+
+    def __init__(self, model: Any):
+        super().__init__()
+        graph = model.graph
+        self.opset = max([o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS] or [1])
+        if len(graph.node) > MAX_NODES:
+            raise NotAuditable(f"ONNX graph has {len(graph.node)} nodes (limit {MAX_NODES})")
+        if len(graph.sparse_initializer):
+            raise NotAuditable("unsupported ONNX construct: sparse initializers")
+        inits = {t.name: t for t in graph.initializer}
+        data_inputs = [vi.name for vi in graph.input if vi.name not in inits]
+        if len(data_inputs) != 1:
+            raise NotAuditable(f"ONNX graph has {len(data_inputs)} data inputs; an image classifier has one")
+        if not graph.output:
+            raise CorruptInput("ONNX graph has no outputs")
+        self.input_name, self.output_name = data_inputs[0], graph.output[0].name
+        nodes = self._live_nodes(graph, set(inits))
+        unknown = sorted({f"{n.domain}:{n.op_type}" if n.domain not in DEFAULT_DOMAINS else n.op_type
+                          for n in nodes if n.domain not in DEFAULT_DOMAINS or n.op_type not in ONNX_OPS})
+        if unknown:
+            raise NotAuditable(f"unsupported ONNX operators: {', '.join(unknown[:10])}")
+        self._nodes = [(n.op_type, list(n.input), list(n.output), _attributes(n)) for n in nodes]
+        self.ops = dict(Counter(n.op_type for n in nodes))
+        self.bn = nn.ModuleDict()
+        self._build_batchnorms(inits)
+        self._prune()
+        self._bn_of_node = {idx: outs[0] for idx, (op_type, _, outs, _) in enumerate(self._nodes)
+                            if op_type == "BatchNormalization" and _key(outs[0]) in self.bn}
+        self.weights = nn.ParameterList()
+        self._slots: dict[str, tuple[str, int | str]] = {}
+        used = {name for _, ins, _, _ in self._nodes for name in ins} | {self.output_name}
+        for k, (name, proto) in enumerate(inits.items()):
+            if name not in used:
+                continue
+            t = _to_torch(proto)
+            if t.is_floating_point():
+                self.weights.append(nn.Parameter(t))
+                self._slots[name] = ("p", len(self.weights) - 1)
+            else:
+                self.register_buffer(f"const{k}", t)
+                self._slots[name] = ("b", f"const{k}")
+        self._consumed = used
+        self.node_index = 0
+
+    def _live_nodes(self, graph: Any, known: set[str]) -> list[Any]:
+        """Nodes needed for the first output, topologically sorted; cycles/undefined names are corrupt."""
+        producer = {}
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    producer[out] = node
+        needed: list[Any] = []
+        seen: set[int] = set()
+        stack = [graph.output[0].name]
+        while stack:
+            name = stack.pop()
+            node = producer.get(name)
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            needed.append(node)
+            stack.extend(i for i in node.input if i)
+        available = set(known) | {graph.input[i].name for i in range(len(graph.input))} | {""}
+        order: list[Any] = []
+        pending = [n for n in graph.node if id(n) in seen]
+        while pending:
+            ready = [n for n in pending if all(i in available for i in n.input)]
+            if not ready:
+                missing = sorted({i for n in pending for i in n.input if i not in available
+                                  and i not in producer})
+                what = f"undefined tensor {missing[0]!r}" if missing else "a cycle"
+                raise CorruptInput(f"ONNX graph is not a valid DAG: {what}")
+            ready_ids = {id(n) for n in ready}
+            order.extend(ready)
+            available.update(o for n in ready for o in n.output)
+            pending = [n for n in pending if id(n) not in ready_ids]
+        if self.output_name not in available:
+            raise CorruptInput(f"ONNX graph output {self.output_name!r} is never produced")
+        return order
+
+    def _build_batchnorms(self, inits: dict[str, Any]) -> None:
+        """Make BatchNormalization nodes with constant statistics into ``OnnxBatchNorm`` modules.
+
+        Exporters share identical initializers through Identity nodes, so names are resolved through
+        Identity chains first. Converted nodes keep only their data input.
+        """
+        alias: dict[str, str] = {}
+        for op_type, ins, outs, _ in self._nodes:  # topological order resolves chains in one pass
+            if op_type == "Identity" and ins and (ins[0] in inits or ins[0] in alias):
+                alias[outs[0]] = alias.get(ins[0], ins[0])
+        for idx, (op_type, ins, outs, attrs) in enumerate(self._nodes):
+            if op_type != "BatchNormalization" or len(ins) < 5:
+                continue
+            names = [alias.get(n, n) for n in ins[1:5]]
+            if not all(n in inits for n in names):
+                continue
+            scale, bias, mean, var = (_to_torch(inits[n]).float() for n in names)
+            if not (scale.shape == bias.shape == mean.shape == var.shape and scale.dim() == 1):
+                raise CorruptInput("ONNX BatchNormalization parameters have inconsistent shapes")
+            bn = OnnxBatchNorm(scale.numel(), eps=float(attrs.get("epsilon", 1e-5)))
+            with torch.no_grad():
+                bn.weight.copy_(scale)
+                bn.bias.copy_(bias)
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+            self.bn[_key(outs[0])] = bn.eval()
+            self._nodes[idx] = (op_type, ins[:1], outs, attrs)
+
+    def _prune(self) -> None:
+        """Drop nodes whose outputs nobody needs (e.g. Identity aliases absorbed by BN modules)."""
+        needed = {self.output_name}
+        kept = []
+        for node in reversed(self._nodes):
+            if any(o in needed for o in node[2]):
+                kept.append(node)
+                needed.update(i for i in node[1] if i)
+        self._nodes = kept[::-1]
+
+    def batchnorm(self, index: int) -> nn.Module | None:
+        out = self._bn_of_node.get(index)
+        return self.bn[_key(out)] if out is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        buffers = dict(self.named_buffers(recurse=False))
+        env: dict[str, Any] = {self.input_name: x}
+        for name, (kind, ref) in self._slots.items():
+            env[name] = self.weights[ref] if kind == "p" else buffers[ref]  # type: ignore[index]
+        for idx, (op_type, ins, outs, attrs) in enumerate(self._nodes):
+            self.node_index = idx
+            args = [env[name] if name else None for name in ins]
+            results = ONNX_OPS.get(op_type)(self, attrs, args)
+            for name, value in zip(outs, results):
+                if name:
+                    env[name] = value
+            for name in outs[len(results):]:
+                if name and name in self._consumed:
+                    raise NotAuditable(f"unsupported ONNX construct: output {len(results)}+ of {op_type} is used")
+        return env[self.output_name]
+
+
+class BatchChunked(nn.Module):
+    """Runs ``net`` on chunks of exactly ``size`` samples (padding the last), for static-batch graphs."""
+
+    def __init__(self, net: nn.Module, size: int):
+        super().__init__()
+        self.net, self.size = net, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for start in range(0, x.shape[0], self.size):
+            chunk = x[start:start + self.size]
+            n = chunk.shape[0]
+            if n < self.size:
+                chunk = torch.cat([chunk, chunk[-1:].expand(self.size - n, *chunk.shape[1:])])
+            outs.append(self.net(chunk)[:n])
+        return torch.cat(outs)
+
+
+# ----------------------------------------------------------------------------- spec and parity
+
+def _dims(value_info: Any) -> list[int | None]:
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in shape.dim]
+
+
+def graph_spec(model: Any, input_name: str) -> tuple[dict[str, int], int | None]:
+    """Input-spec fields (static dims only) and the static batch size read off the graph."""
+    vi = next(v for v in model.graph.input if v.name == input_name)
+    if vi.type.tensor_type.elem_type != 1:
+        raise NotAuditable("ONNX model input is not float32")
+    dims = _dims(vi)
+    if len(dims) != 4:
+        raise NotAuditable(f"ONNX model input has rank {len(dims)}; expected an NCHW image batch")
+    spec = {k: v for k, v in zip(("channels", "height", "width"), dims[1:]) if v is not None}
+    out = _dims(model.graph.output[0])
+    if len(out) == 2 and out[1] is not None:
+        spec["num_classes"] = out[1]
+    return spec, dims[0]
+
+
+def onnxruntime_parity(model: Any, net: nn.Module, shape: tuple[int, ...], trials: int = 3,
+                       seed: int = 0) -> float:
+    """Max |net(x) - onnxruntime(x)| over ``trials`` random normal batches of ``shape``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise NotAuditable(f"onnxruntime cannot load the graph: {' '.join(str(exc).split())[:160]}") from None
+    name = sess.get_inputs()[0].name
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for _ in range(trials):
+        x = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            mine = net(x).float().numpy()
+        try:
+            ref = sess.run(None, {name: x.numpy()})[0]
+        except Exception as exc:
+            raise NotAuditable(f"onnxruntime cannot run the graph: {' '.join(str(exc).split())[:160]}") from None
+        if ref.shape != mine.shape:
+            raise NotAuditable(f"converted graph output shape {mine.shape} differs from onnxruntime {ref.shape}")
+        worst = max(worst, float(np.max(np.abs(ref.astype(np.float64) - mine.astype(np.float64)))))
+    return worst
+
+
+def _batch_generalises(net: nn.Module, shape: tuple[int, ...], seed: int) -> bool:
+    x = torch.randn(3, *shape[1:], generator=torch.Generator().manual_seed(seed + 1))
+    try:
+        with torch.no_grad():
+            joint = net(x)
+            single = torch.cat([net(x[i:i + 1]) for i in range(3)])
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    return joint.shape == single.shape and bool(torch.allclose(joint, single, rtol=1e-4, atol=1e-5))
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def load_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, int, int] | None = None,
+              parity_trials: int = 3, parity_tol: float | None = 1e-3, seed: int = 0) -> OnnxTeacher:
+    """Load, convert and verify an ONNX image classifier.
+
+    Args:
+        path: the ``.onnx`` file (untrusted).
+        input_shape: (C, H, W) for the parity inputs when the graph's dimensions are dynamic
+            (default: the graph's static dimensions, else 3x32x32).
+        parity_trials: random batches compared with onnxruntime.
+        parity_tol: refuse the model when the max abs difference exceeds ``parity_tol * max(1, max|logit|)``;
+            None disables the bound (the difference is still reported).
+        seed: seed of the parity inputs.
+
+    Returns:
+        An :class:`OnnxTeacher`.
+
+    Raises:
+        CorruptInput: unreadable or inconsistent protobuf, missing external data.
+        NotAuditable: external data escaping the folder, unsupported operators or inputs, parity failure.
+    """
+    import onnx
+
+    p = Path(path)
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        raise CorruptInput(f"not a readable ONNX model: {' '.join(str(exc).split())[:160]}") from None
+    if not model.HasField("graph") or not model.graph.node or model.ir_version <= 0:
+        raise CorruptInput("not a readable ONNX model: no graph")
+    base_dir = p.resolve().parent if not p.is_symlink() else Path(os.path.abspath(p)).parent
+    locations = check_external_data(model, base_dir)
+    if locations:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            load_external_data_for_model(model, str(base_dir))
+        except Exception as exc:
+            raise CorruptInput(f"cannot read ONNX external data: {' '.join(str(exc).split())[:160]}") from None
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise CorruptInput(f"invalid ONNX model: {' '.join(str(exc).split())[:160]}") from None
+    net = OnnxModule(model).eval()
+    spec, static_batch = graph_spec(model, net.input_name)
+    chw = input_shape or (spec.get("channels", 3), spec.get("height", 32), spec.get("width", 32))
+    shape = (static_batch or 2, *chw)
+    diff = onnxruntime_parity(model, net, shape, trials=parity_trials, seed=seed)
+    with torch.no_grad():
+        scale = float(net(torch.randn(*shape, generator=torch.Generator().manual_seed(seed))).abs().max())
+    if parity_tol is not None and not diff <= parity_tol * max(1.0, scale):
+        raise NotAuditable(f"converted ONNX graph disagrees with onnxruntime (max abs diff {diff:.3g})")
+    chunked = False
+    module: nn.Module = net
+    if static_batch is not None and not _batch_generalises(net, shape, seed):
+        module, chunked = BatchChunked(net, static_batch).eval(), True
+    if "num_classes" not in spec:
+        with torch.no_grad():
+            logits = module(torch.zeros(*shape))
+        if logits.dim() == 2:
+            spec["num_classes"] = int(logits.shape[1])
+    return OnnxTeacher(net=module, spec=spec, parity_max_abs_diff=diff, has_batchnorm=len(net.bn) > 0,
+                       opset=net.opset, ops=dict(net.ops), static_batch=static_batch, batch_chunked=chunked,
+                       external_data=locations, parity_samples=parity_trials * shape[0])

@@ -1,0 +1,475 @@
+"""Whitelisted ONNX operators, implemented with differentiable torch ops.
+
+Used by :mod:`teacher_audit.intake.onnx_import` to turn an untrusted ONNX classifier into a torch module.
+Nothing from the graph is executed: each node's ``op_type`` is looked up in :data:`ONNX_OPS` and an
+unknown operator (or a custom domain) refuses the model. Semantics follow the ONNX operator spec
+(https://onnx.ai/onnx/operators/); opset differences handled here: Clip/Pad/Squeeze/Unsqueeze/Reshape
+attributes that became inputs, and Softmax's 2-D coercion before opset 13.
+
+Every implementation has the signature ``op(ctx, attrs, inputs) -> list[Tensor]`` where ``inputs`` holds
+``None`` for omitted optional inputs and ``ctx`` exposes ``opset`` and ``batchnorm(node_index)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from teacher_audit.errors import NotAuditable
+from teacher_audit.registry import Registry
+
+
+class OpContext(Protocol):
+    opset: int
+    node_index: int
+
+    def batchnorm(self, index: int) -> torch.nn.Module | None: ...
+
+
+OpFn = Callable[[OpContext, dict[str, Any], list[Any]], list[Any]]
+ONNX_OPS: Registry[OpFn] = Registry("ONNX operator")
+
+
+def op(*names: str) -> Callable[[OpFn], OpFn]:
+    def deco(fn: OpFn) -> OpFn:
+        for n in names:
+            ONNX_OPS.register(n)(fn)
+        return fn
+
+    return deco
+
+
+def _ints(t: Any) -> list[int]:
+    if isinstance(t, Tensor):
+        return [int(v) for v in t.reshape(-1).tolist()]
+    return [int(v) for v in t]
+
+
+def _unsupported(what: str) -> NotAuditable:
+    return NotAuditable(f"unsupported ONNX construct: {what}")
+
+
+# ----------------------------------------------------------------- padding helpers
+
+def _same_pads(x: Tensor, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+               mode: str) -> list[int]:
+    spatial = x.shape[2:]
+    begin, end = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+        out = math.ceil(size / s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else big)
+        end.append(big if mode == "SAME_UPPER" else small)
+    return begin + end
+
+
+def _pads(attrs: dict[str, Any], x: Tensor, kernel: Sequence[int], strides: Sequence[int],
+          dilations: Sequence[int]) -> list[int]:
+    nd = x.dim() - 2
+    mode = attrs.get("auto_pad", "NOTSET")
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        return _same_pads(x, kernel, strides, dilations, mode)
+    if mode == "VALID":
+        return [0] * (2 * nd)
+    if mode != "NOTSET":
+        raise _unsupported(f"auto_pad={mode}")
+    pads = list(attrs.get("pads", [0] * (2 * nd)))
+    if len(pads) != 2 * nd:
+        raise _unsupported(f"pads of length {len(pads)} for {nd}-d input")
+    return pads
+
+
+def _torch_pad(pads: Sequence[int]) -> list[int]:
+    """ONNX [b1..bn, e1..en] -> F.pad order (last dim first)."""
+    n = len(pads) // 2
+    out: list[int] = []
+    for i in reversed(range(n)):
+        out += [pads[i], pads[i + n]]
+    return out
+
+
+def _split_pads(pads: Sequence[int]) -> tuple[list[int] | None, list[int]]:
+    """Symmetric pads -> (None, per-dim padding); else (F.pad list, zeros)."""
+    n = len(pads) // 2
+    if list(pads[:n]) == list(pads[n:]):
+        return None, list(pads[:n])
+    return _torch_pad(pads), [0] * n
+
+
+# ----------------------------------------------------------------- convolution, linear
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@op("Conv")
+def conv(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    x, w, b = i[0], i[1], i[2] if len(i) > 2 else None
+    nd = w.dim() - 2
+    if nd not in _CONV:
+        raise _unsupported(f"{nd}-d Conv")
+    kernel = a.get("kernel_shape", list(w.shape[2:]))
+    strides, dil = a.get("strides", [1] * nd), a.get("dilations", [1] * nd)
+    extra, padding = _split_pads(_pads(a, x, kernel, strides, dil))
+    if extra is not None:
+        x = F.pad(x, extra)
+    return [_CONV[nd](x, w, b, stride=strides, padding=padding, dilation=dil, groups=a.get("group", 1))]
+
+
+@op("Gemm")
+def gemm(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    A, B = i[0], i[1]
+    C = i[2] if len(i) > 2 else None
+    if a.get("transA", 0):
+        A = A.transpose(0, 1)
+    if a.get("transB", 0):
+        B = B.transpose(0, 1)
+    y = a.get("alpha", 1.0) * (A @ B)
+    if C is not None:
+        y = y + a.get("beta", 1.0) * C
+    return [y]
+
+
+@op("MatMul")
+def matmul(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [torch.matmul(i[0], i[1])]
+
+
+# ----------------------------------------------------------------- elementwise
+
+@op("Add")
+def add(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [i[0] + i[1]]
+
+
+@op("Sub")
+def sub(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [i[0] - i[1]]
+
+
+@op("Mul")
+def mul(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [i[0] * i[1]]
+
+
+@op("Div")
+def div(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    x, y = i
+    if not x.is_floating_point() and not y.is_floating_point():
+        return [torch.div(x, y, rounding_mode="trunc")]
+    return [x / y]
+
+
+@op("Pow")
+def pow_(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [torch.pow(i[0], i[1])]
+
+
+_UNARY: dict[str, Callable[[Tensor], Tensor]] = {
+    "Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp, "Log": torch.log,
+    "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs, "Erf": torch.erf, "Reciprocal": torch.reciprocal,
+    "Softplus": F.softplus, "Floor": torch.floor, "Ceil": torch.ceil,
+}
+
+
+def _unary(name: str) -> None:
+    fn = _UNARY[name]
+    ONNX_OPS.register(name)(lambda ctx, a, i: [fn(i[0])])
+
+
+for _n in _UNARY:
+    _unary(_n)
+
+
+@op("LeakyRelu")
+def leaky_relu(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [F.leaky_relu(i[0], a.get("alpha", 0.01))]
+
+
+@op("Elu")
+def elu(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [F.elu(i[0], a.get("alpha", 1.0))]
+
+
+@op("HardSigmoid")
+def hard_sigmoid(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [torch.clamp(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0.0, 1.0)]
+
+
+@op("HardSwish")
+def hard_swish(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [i[0] * torch.clamp(i[0] / 6.0 + 0.5, 0.0, 1.0)]
+
+
+@op("Clip")
+def clip(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    if ctx.opset < 11:
+        lo, hi = a.get("min"), a.get("max")
+    else:
+        lo = i[1] if len(i) > 1 else None
+        hi = i[2] if len(i) > 2 else None
+    return [torch.clamp(i[0], lo, hi)]
+
+
+def _variadic(name: str, fn: Callable[[Tensor, Tensor], Tensor], scale: bool = False) -> None:
+    def impl(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+        y = i[0]
+        for t in i[1:]:
+            y = fn(y, t)
+        return [y / len(i) if scale else y]
+
+    ONNX_OPS.register(name)(impl)
+
+
+_variadic("Max", torch.maximum)
+_variadic("Min", torch.minimum)
+_variadic("Sum", torch.add)
+_variadic("Mean", torch.add, scale=True)
+
+
+# ----------------------------------------------------------------- normalisation, pooling
+
+@op("BatchNormalization")
+def batch_norm(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    if a.get("training_mode", 0):
+        raise _unsupported("BatchNormalization in training mode")
+    module = ctx.batchnorm(ctx.node_index)
+    if module is not None:
+        return [module(i[0])]
+    return [F.batch_norm(i[0], i[3], i[4], i[1], i[2], training=False, eps=a.get("epsilon", 1e-5))]
+
+
+_MAXPOOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVGPOOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+@op("MaxPool")
+def max_pool(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    x = i[0]
+    nd = x.dim() - 2
+    kernel = a["kernel_shape"]
+    strides, dil = a.get("strides", [1] * nd), a.get("dilations", [1] * nd)
+    if a.get("storage_order", 0):
+        raise _unsupported("MaxPool storage_order=1")
+    extra, padding = _split_pads(_pads(a, x, kernel, strides, dil))
+    if extra is not None:
+        x = F.pad(x, extra, value=float("-inf"))
+    return [_MAXPOOL[nd](x, kernel, strides, padding, dil, ceil_mode=bool(a.get("ceil_mode", 0)))]
+
+
+@op("AveragePool")
+def avg_pool(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    x = i[0]
+    nd = x.dim() - 2
+    kernel = a["kernel_shape"]
+    strides = a.get("strides", [1] * nd)
+    if any(d != 1 for d in a.get("dilations", [1] * nd)):
+        raise _unsupported("dilated AveragePool")
+    include = bool(a.get("count_include_pad", 0))
+    extra, padding = _split_pads(_pads(a, x, kernel, strides, [1] * nd))
+    if extra is not None:
+        if not include:
+            raise _unsupported("asymmetric AveragePool padding with count_include_pad=0")
+        x = F.pad(x, extra)
+    return [_AVGPOOL[nd](x, kernel, strides, padding, ceil_mode=bool(a.get("ceil_mode", 0)),
+                         count_include_pad=include)]
+
+
+@op("GlobalAveragePool")
+def global_avg_pool(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [i[0].mean(dim=tuple(range(2, i[0].dim())), keepdim=True)]
+
+
+@op("GlobalMaxPool")
+def global_max_pool(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [i[0].amax(dim=tuple(range(2, i[0].dim())), keepdim=True)]
+
+
+def _softmax(fn: Callable[..., Tensor]) -> OpFn:
+    def impl(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+        x = i[0]
+        if ctx.opset >= 13:
+            return [fn(x, dim=a.get("axis", -1))]
+        axis = a.get("axis", 1) % max(x.dim(), 1)
+        flat = x.reshape(math.prod(x.shape[:axis]), -1)
+        return [fn(flat, dim=1).reshape(x.shape)]
+
+    return impl
+
+
+ONNX_OPS.register("Softmax")(_softmax(torch.softmax))
+ONNX_OPS.register("LogSoftmax")(_softmax(torch.log_softmax))
+
+
+@op("ReduceMean")
+def reduce_mean(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    x = i[0]
+    axes = a.get("axes")
+    if ctx.opset >= 18 and len(i) > 1 and i[1] is not None:
+        axes = _ints(i[1])
+    keep = bool(a.get("keepdims", 1))
+    if not axes:
+        if a.get("noop_with_empty_axes", 0):
+            return [x]
+        axes = list(range(x.dim()))
+    return [x.mean(dim=tuple(axes), keepdim=keep)]
+
+
+# ----------------------------------------------------------------- shape manipulation
+
+@op("Identity", "Dropout")
+def identity(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [i[0]]
+
+
+@op("Flatten")
+def flatten(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    x = i[0]
+    axis = a.get("axis", 1)
+    axis = axis + x.dim() if axis < 0 else axis
+    return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))]
+
+
+@op("Reshape")
+def reshape(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    x = i[0]
+    shape = _ints(i[1]) if ctx.opset >= 5 else list(a["shape"])
+    if not a.get("allowzero", 0):
+        shape = [x.shape[k] if s == 0 else s for k, s in enumerate(shape)]
+    return [x.reshape(shape)]
+
+
+@op("Transpose")
+def transpose(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    perm = a.get("perm", list(reversed(range(i[0].dim()))))
+    return [i[0].permute(*perm)]
+
+
+@op("Concat")
+def concat(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [torch.cat([t for t in i if t is not None], dim=a["axis"])]
+
+
+@op("Pad")
+def pad(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    x = i[0]
+    if ctx.opset < 11:
+        pads, value = list(a["pads"]), float(a.get("value", 0.0))
+    else:
+        pads = _ints(i[1])
+        value = float(i[2].reshape(-1)[0]) if len(i) > 2 and i[2] is not None and i[2].numel() else 0.0
+    if len(i) > 3 and i[3] is not None:  # opset 18 axes
+        axes = [ax % x.dim() for ax in _ints(i[3])]
+        full = [0] * (2 * x.dim())
+        for k, ax in enumerate(axes):
+            full[ax], full[ax + x.dim()] = pads[k], pads[k + len(axes)]
+        pads = full
+    mode = a.get("mode", "constant")
+    modes = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+    if mode not in modes:
+        raise _unsupported(f"Pad mode {mode}")
+    tp = _torch_pad(pads)
+    while len(tp) >= 2 and tp[-1] == 0 and tp[-2] == 0:
+        tp = tp[:-2]  # non-constant modes only pad trailing (spatial) dims
+    if not tp:
+        return [x]
+    if mode == "constant":
+        return [F.pad(x, tp, value=value)]
+    return [F.pad(x, tp, mode=modes[mode])]
+
+
+@op("Shape")
+def shape(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    dims = list(i[0].shape)
+    start, end = a.get("start", 0), a.get("end", len(dims))
+    return [torch.tensor(dims[start:end], dtype=torch.int64)]
+
+
+@op("Gather")
+def gather(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    data, idx = i[0], i[1].long()
+    axis = a.get("axis", 0) % data.dim()
+    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
+    out = torch.index_select(data, axis, idx.reshape(-1))
+    return [out.reshape(*data.shape[:axis], *idx.shape, *data.shape[axis + 1:])]
+
+
+def _axes(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[int] | None:
+    if ctx.opset >= 13:
+        return _ints(i[1]) if len(i) > 1 and i[1] is not None else None
+    return a.get("axes")
+
+
+@op("Unsqueeze")
+def unsqueeze(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    x = i[0]
+    axes = _axes(ctx, a, i) or []
+    rank = x.dim() + len(axes)
+    for ax in sorted(ax % rank for ax in axes):
+        x = x.unsqueeze(ax)
+    return [x]
+
+
+@op("Squeeze")
+def squeeze(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    x = i[0]
+    axes = _axes(ctx, a, i)
+    if axes is None:
+        return [x.squeeze()]
+    return [x.squeeze(tuple(ax % x.dim() for ax in axes))]
+
+
+@op("Constant")
+def constant(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+        if key in a:
+            v = a[key]
+            if isinstance(v, Tensor):
+                return [v]
+            dtype = torch.float32 if "float" in key else torch.int64
+            return [torch.tensor(v, dtype=dtype)]
+    raise _unsupported("Constant without a numeric value")
+
+
+#: ONNX TensorProto data types -> torch dtypes accepted by Cast / ConstantOfShape.
+DTYPES: dict[int, torch.dtype] = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16,
+                                  6: torch.int32, 7: torch.int64, 9: torch.bool, 10: torch.float16,
+                                  11: torch.float64, 16: torch.bfloat16}
+
+
+@op("Cast")
+def cast(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    to = a["to"]
+    if to not in DTYPES:
+        raise _unsupported(f"Cast to data type {to}")
+    return [i[0].to(DTYPES[to])]
+
+
+@op("ConstantOfShape")
+def constant_of_shape(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    value = a.get("value", torch.zeros(1, dtype=torch.float32))
+    return [torch.full(_ints(i[0]), value.reshape(-1)[0].item(), dtype=value.dtype)]
+
+
+@op("Slice")
+def slice_(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    x = i[0]
+    if ctx.opset < 10:
+        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+    else:
+        starts, ends = _ints(i[1]), _ints(i[2])
+        axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else None
+        steps = _ints(i[4]) if len(i) > 4 and i[4] is not None else None
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps or [1] * len(starts)
+    index: list[Any] = [slice(None)] * x.dim()
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        if st <= 0:
+            raise _unsupported("Slice with non-positive step")
+        index[ax % x.dim()] = slice(s, e, st)
+    return [x[tuple(index)]]
