@@ -1,13 +1,143 @@
-"""`teacher-audit scan` (not built yet: its issue has not landed)."""
+"""`teacher-audit scan PATH...`: audit checkpoints, write reports, exit with the gate's verdict.
+
+One file: ``--json/--md/--html/--sarif FILE`` write that file's report.
+Several files (or a directory / glob): ``--json`` writes a ScanSet (all reports + overall verdict),
+``--md`` a summary table with a section per non-passing file, ``--sarif`` one SARIF run covering
+every file (what a CI uploads); ``--html`` needs a single file — use ``--out-dir DIR`` to get every
+format for every file as ``DIR/NNN-<name>.{json,md,html,sarif}`` (NNN = position in the scan order).
+Human summary to stdout; progress and logs to stderr; all files written atomically.
+"""
 
 from __future__ import annotations
 
-from teacher_audit.cli.app import app, guarded
-from teacher_audit.errors import NotAuditable
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from teacher_audit.cli.app import app, err, guarded, out
+from teacher_audit.errors import UsageError
+from teacher_audit.exitcodes import ExitCode
+from teacher_audit.report.model import Report, ScanSet
+from teacher_audit.report.sanitize import clean
 
 
-@app.command("scan", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def _parse_size(text: str) -> dict[str, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    if not m:
+        raise UsageError(f"--input-size wants CxHxW (e.g. 3x32x32), got {clean(text, 40)!r}")
+    c, h, w = (int(g) for g in m.groups())
+    return {"channels": c, "height": h, "width": w}
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} wants comma-separated numbers, got {clean(text, 40)!r}") from None
+
+
+def _safe_name(path: str) -> str:
+    stem = Path(path).name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:80] or "file"
+
+
+def write_outputs(doc: Report | ScanSet, *, json_path: Optional[Path], md_path: Optional[Path],
+                  html_path: Optional[Path], sarif_path: Optional[Path], out_dir: Optional[Path]) -> list[Path]:
+    """Write the requested report files (atomic). Returns the paths written."""
+    from teacher_audit.report.writers import write_report
+
+    written: list[Path] = []
+    for fmt, target in (("json", json_path), ("md", md_path), ("html", html_path), ("sarif", sarif_path)):
+        if target is not None:
+            write_report(fmt, doc, target)
+            written.append(target)
+    if out_dir is not None:
+        reports = list(doc.reports) if isinstance(doc, ScanSet) else [doc]
+        for i, rep in enumerate(reports):
+            stem = f"{i:03d}-{_safe_name(rep.input.path)}"
+            for fmt, suffix in (("json", ".json"), ("md", ".md"), ("html", ".html"), ("sarif", ".sarif")):
+                target = out_dir / f"{stem}{suffix}"
+                write_report(fmt, rep, target)
+                written.append(target)
+    return written
+
+
+@app.command("scan")
 @guarded
-def scan() -> None:
-    """Not built yet."""
-    raise NotAuditable("'scan' is not built yet")
+def scan(
+    paths: list[str] = typer.Argument(..., help="checkpoint files, directories (recursive) or glob patterns"),
+    rules: Optional[str] = typer.Option(None, "--rules", help="policy TOML path, or packaged: default | strict | report-only"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),
+    md_out: Optional[Path] = typer.Option(None, "--md", help="write the Markdown report (PR comment) here"),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="write the self-contained HTML report here (one file only)"),
+    sarif_out: Optional[Path] = typer.Option(None, "--sarif", help="write SARIF 2.1.0 here"),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="write every format for every file into this folder"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="parallel worker processes"),
+    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", min=0.0, help="wall-clock budget for the probes of each file"),
+    seed: int = typer.Option(0, "--seed", help="seed of the engine and every probe"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
+    preset: str = typer.Option("dfq", "--preset", help="synthesis engine preset"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="force the architecture (registry name)"),
+    allow_global: list[str] = typer.Option([], "--allow-global", help="extra allowed pickle global MODULE.NAME (repeatable)"),
+    trust_torchscript: bool = typer.Option(False, "--trust-torchscript", help="load TorchScript archives (they are code)"),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="override input CxHxW"),
+    mean: Optional[str] = typer.Option(None, "--mean", help="override normalisation mean, e.g. 0.5,0.5,0.5"),
+    std: Optional[str] = typer.Option(None, "--std", help="override normalisation std"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="override number of classes"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
+) -> ExitCode:
+    """Audit checkpoints for transferable backdoors and NTL traps; the exit code is the gate's verdict."""
+    from teacher_audit.scan import ScanOptions, expand_paths, scan_file, scan_many
+
+    spec_flags: dict[str, object] = {}
+    if input_size:
+        spec_flags.update(_parse_size(input_size))
+    if mean:
+        spec_flags["mean"] = _floats(mean, "--mean")
+    if std:
+        spec_flags["std"] = _floats(std, "--std")
+    if num_classes is not None:
+        spec_flags["num_classes"] = num_classes
+    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
+        raise UsageError(f"--device must be cpu, cuda, cuda:N or auto, got {clean(device, 20)!r}")
+
+    files = expand_paths(paths)
+    single = len(files) == 1 and len(paths) == 1 and Path(paths[0]).is_file()
+    if html_out is not None and not single:
+        raise UsageError("--html writes one file's report; with several files use --out-dir DIR")
+
+    def progress(name: str, phase: str) -> None:
+        if not quiet:
+            err.print(f"  probe {clean(name, 60)}: {phase}", markup=False)
+
+    options = ScanOptions(rules=rules, seed=seed, device=device, preset=preset, arch=arch,
+                          allow_globals=tuple(allow_global), trust_torchscript=trust_torchscript,
+                          spec_flags=spec_flags, budget_seconds=budget_seconds, on_probe=progress)
+    options.policy = options.resolved_policy()
+    if not quiet:
+        err.print(f"teacher-audit: policy {clean(options.policy.name)} ({clean(options.policy.source)}); "
+                  f"{len(files)} file(s)", markup=False)
+
+    doc: Report | ScanSet
+    if single:
+        if not quiet:
+            err.print(f"scanning {clean(files[0], 200)}", markup=False)
+        doc = scan_file(files[0], options)
+    else:
+        def done(rep: Report) -> None:
+            if not quiet:
+                err.print(f"  {clean(rep.input.path, 200)}: {rep.verdict.status}", markup=False)
+
+        doc = scan_many(files, options, jobs=jobs, on_report=done)
+
+    written = write_outputs(doc, json_path=json_out, md_path=md_out, html_path=html_out, sarif_path=sarif_out,
+                            out_dir=out_dir)
+    from teacher_audit.report.summary import print_summary
+
+    print_summary(out, doc)
+    if not quiet:
+        for p in written:
+            err.print(f"wrote {clean(p, 300)}", markup=False)
+    return ExitCode(doc.verdict.exit_code)

@@ -1,0 +1,45 @@
+"""Small formatting helpers shared by the writers (numbers, sizes, labels). No escaping here."""
+
+from __future__ import annotations
+
+from teacher_audit.report.model import ProbeResult, Report, ScanSet
+
+VERDICT_LABEL = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not_auditable": "NOT AUDITABLE"}
+
+
+def reports_of(doc: Report | ScanSet) -> list[Report]:
+    return list(doc.reports) if isinstance(doc, ScanSet) else [doc]
+
+
+def fmt_num(x: float | int | None, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}g}"
+
+
+def fmt_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def probe_state(r: ProbeResult) -> str:
+    """``FLAGGED`` / ``clean`` / ``skipped`` / ``error`` for one probe result."""
+    if r.status != "ok":
+        return r.status
+    return "FLAGGED" if r.flagged else "clean"
+
+
+def spec_line(rep: Report) -> str:
+    s = rep.input_spec
+    if s is None:
+        return "-"
+    lo, hi = s.value_range
+    return f"{s.channels}x{s.height}x{s.width}, range [{lo:g}, {hi:g}], {s.num_classes} classes"
