@@ -68,6 +68,7 @@ class _Loaded:
     arch_source: str
     onnx_spec: dict[str, Any] | None = None
     arch_default: InputSpec | None = None
+    has_batchnorm: bool | None = None
 
 
 LOADERS: Registry[Any] = Registry("format loader")
@@ -234,7 +235,8 @@ def _load_onnx(path: Path, opts: LoadOptions, card: dict[str, Any] | None, intak
     intake.tensor_count = len(ot.net.state_dict())
     if opts.arch:
         intake.notes.append(f"--arch {opts.arch} ignored: ONNX files carry their own graph")
-    return _Loaded(net=ot.net, arch="onnx", arch_source="onnx", onnx_spec=dict(ot.spec))
+    return _Loaded(net=ot.net, arch="onnx", arch_source="onnx", onnx_spec=dict(ot.spec),
+                   has_batchnorm=bool(ot.has_batchnorm))
 
 
 @LOADERS.register(Format.TORCHSCRIPT.value)
@@ -288,9 +290,9 @@ def _load(p: Path, opts: LoadOptions, intake: IntakeResult) -> Teacher:
     _check_forward(net, spec)
     intake.architecture, intake.architecture_source = loaded.arch, loaded.arch_source
     intake.parameter_count = int(sum(t.numel() for t in net.parameters()))
-    intake.has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()) or (
-        loaded.arch == "torchscript" and any("BatchNorm" in m.original_name for m in net.modules()
-                                             if hasattr(m, "original_name")))
+    intake.has_batchnorm = loaded.has_batchnorm if loaded.has_batchnorm is not None else any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in str(getattr(m, "original_name", ""))
+        for m in net.modules())
     intake.input_spec = spec.to_dict()
     meta = {"sha256": intake.sha256, "path": intake.path, "card": card,
             "onnx_parity_max_abs_diff": intake.onnx_parity_max_abs_diff}
