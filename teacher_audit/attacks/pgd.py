@@ -149,20 +149,22 @@ def pgd(model: nn.Module, x: Tensor, eps: float | Tensor, *, steps: int = 10,
     return PGDResult(x_adv=x_out.detach(), flipped=flipped, logits_adv=logits_adv.detach(), passes=passes)
 
 
-def min_flip_eps(model: nn.Module, x: Tensor, *, eps_max: float = 32 / 255, bisection_steps: int = 5,
-                 pgd_steps: int = 7, value_range: tuple[float, float] = (0.0, 1.0), batch_size: int = 256,
+def min_flip_eps(model: nn.Module, x: Tensor, *, eps_max: float = 32 / 255, eps_min: float = 0.25 / 255,
+                 bisection_steps: int = 5, pgd_steps: int = 7, value_range: tuple[float, float] = (0.0, 1.0), batch_size: int = 256,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, int]:
     """Smallest L-infinity radius that flips the teacher's label, per sample, by bisection.
 
     First PGD at ``eps_max``; samples that do not flip are *censored* (robust beyond ``eps_max``) and
-    get ``eps_max``. The others are bisected on ``[0, eps_max]`` for ``bisection_steps`` rounds, each
-    round a batched PGD with per-sample radius; the returned value is the upper end of the final
-    bracket (a radius at which a flip was found).
+    get ``eps_max``. The others are bisected *geometrically* (robustness spans orders of magnitude)
+    on ``[eps_min, eps_max]`` for ``bisection_steps`` rounds, each round a batched PGD with per-sample
+    radius; the returned value is the upper end of the final bracket (a radius at which a flip was
+    found), so the resolution is a factor ``(eps_max / eps_min) ** (1 / 2**bisection_steps)``.
 
     Args:
         model: raw-input teacher wrapper.
         x: raw images.
         eps_max: largest radius tried (fraction of the value range, default 32/255).
+        eps_min: lower end of the bracket (default 0.25/255).
         bisection_steps: halvings of the bracket (resolution ``eps_max / 2**k``).
         pgd_steps: PGD iterations per trial.
         value_range: raw pixel range.
@@ -182,11 +184,11 @@ def min_flip_eps(model: nn.Module, x: Tensor, *, eps_max: float = 32 / 255, bise
                 generator=generator)
         passes += r.passes
         flipped = r.flipped
-        lo = torch.zeros(nb, device=xb.device)
+        lo = torch.full((nb,), float(eps_min), device=xb.device)
         hi = torch.full((nb,), float(eps_max), device=xb.device)
         idx = flipped.nonzero().flatten()
         for _ in range(bisection_steps if idx.numel() else 0):
-            mid = (lo[idx] + hi[idx]) / 2
+            mid = torch.sqrt(lo[idx] * hi[idx])
             rr = pgd(model, xb[idx], mid, steps=pgd_steps, labels=labels[idx], value_range=value_range,
                      generator=generator)
             passes += rr.passes

@@ -7,8 +7,10 @@ synthetic samples but does not publish its rule. Ours, a documented reconstructi
   robustness scores (higher = more robust, e.g. ``log10`` of the smallest label-flipping radius or
   ``-log10`` KL at a fixed radius). A robust group exists only if the mixture is *clearly* bimodal:
   BIC prefers two components, Ashman's separation ``D = sqrt(2) |mu1 - mu2| / sqrt(s1^2 + s2^2)``
-  is at least ``min_separation`` (default 2.0; D > 2 is the usual "clean separation" criterion) and
-  the robust component holds at least ``min_share`` of the samples. The threshold is where the two
+  is at least ``min_separation`` (default 2.0; D > 2 is the usual "clean separation" criterion), the
+  means are at least ``min_gap`` score units apart (default 0.5: with log10 scores, the robust mode is
+  >= 3x more robust -- a skewed single mode can pass the D test, not this one) and the robust
+  component holds at least ``min_share`` of the samples. The threshold is where the two
   weighted densities cross between the means. If the batch is unimodal (a clean teacher), nothing
   is robust -- never a fixed fraction.
 * ``quantile``: the same bimodality test decides *whether* to split; if it passes, the top
@@ -165,15 +167,18 @@ def _otsu_threshold(x: np.ndarray, mix: Mixture2, **_: Any) -> float:
 
 
 def robust_split(scores: torch.Tensor | np.ndarray, *, method: str = "gmm", min_separation: float = 2.0,
-                 min_share: float = 0.03, var_floor: float = 1e-3, **options: Any) -> SplitResult:
+                 min_gap: float = 0.5, min_share: float = 0.03, var_floor: float = 5e-3,
+                 **options: Any) -> SplitResult:
     """Split ``scores`` (higher = more robust) into fragile/robust by a rule learned from them.
 
     Args:
         scores: per-sample robustness scores.
         method: ``gmm`` (default), ``quantile`` or ``otsu`` (see module docstring).
         min_separation: Ashman's D needed to accept two modes.
+        min_gap: smallest distance between the two means (score units; log10 decades by default).
         min_share: smallest share of the robust component to accept it.
-        var_floor: variance floor of the mixture (the score's resolution, squared).
+        var_floor: variance floor of the mixture (about the score's resolution squared; the default
+            suits log10 radii from a 4-round geometric bisection, steps of 0.13 decades).
         **options: rule options (``quantile=0.5`` for ``quantile``).
 
     Returns:
@@ -186,7 +191,8 @@ def robust_split(scores: torch.Tensor | np.ndarray, *, method: str = "gmm", min_
         mix = Mixture2(1.0, float(x.mean()) if x.size else 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
         return SplitResult(torch.zeros(t.shape[0], dtype=torch.bool), math.inf, False, mix, method)
     mix = fit_mixture2(x, var_floor=var_floor)
-    bimodal = mix.bic2 < mix.bic1 and mix.separation >= min_separation and mix.w1 >= min_share
+    bimodal = (mix.bic2 < mix.bic1 and mix.separation >= min_separation and mix.mu1 - mix.mu0 >= min_gap
+               and mix.w1 >= min_share)
     if not bimodal:
         return SplitResult(torch.zeros(t.shape[0], dtype=torch.bool), math.inf, False, mix, method)
     thr = float(rule(x, mix, **options))
