@@ -44,6 +44,8 @@ MAX_NESTING = 3
 LEGACY_PICKLES = 5
 #: opcode budget when trying to parse a zip member that is not named *.pkl (normally raw storage bytes).
 DATA_MEMBER_MAX_OPS = 1_000_000
+#: opcode budget of any one pickle (a 10^5-tensor state_dict needs ~2*10^6); beyond it the file is refused as corrupt.
+MAX_OPS = 50_000_000
 
 _DTYPES = (
     "float32", "float", "float64", "double", "float16", "half", "bfloat16", "uint8", "int8", "int16",
@@ -212,8 +214,8 @@ def scan_stream(
     start = fh.tell() if fh.seekable() else 0
     try:
         for n_ops, (op, arg, pos) in enumerate(pickletools.genops(fh)):
-            if max_ops is not None and n_ops >= max_ops:
-                raise ValueError(f"more than {max_ops} opcodes")
+            if n_ops >= (max_ops or MAX_OPS):
+                raise ValueError(f"more than {max_ops or MAX_OPS} opcodes")
             name = op.name
             if name in _STRING_OPS:
                 stack.append(arg)

@@ -101,18 +101,21 @@ def _legacy_magic_prefixes() -> list[bytes]:
 _LEGACY_PREFIXES = _legacy_magic_prefixes()
 
 
-def _is_pickle_start(head: bytes) -> bool:
-    """True when ``head`` begins a pickle stream that reaches STOP (protocol 2+ or a short 0/1 one)."""
+def _is_pickle_start(head: bytes, size: int) -> bool:
+    """True when ``head`` begins a pickle: a protocol 2+ header, or protocol 0/1 opcodes that reach STOP
+    (or run on to the end of ``head`` when the file is longer, after at least 8 well-formed opcodes)."""
     if len(head) >= 2 and head[0] == 0x80 and head[1] <= 5:
         return True
+    n_ops, last = 0, 0
     try:
         import io
 
-        for op, _arg, _pos in pickletools.genops(io.BytesIO(head)):
+        for op, _arg, pos in pickletools.genops(io.BytesIO(head)):
             if op.name == "STOP":
                 return True
-    except Exception:  # noqa: BLE001 - not a pickle
-        return False
+            n_ops, last = n_ops + 1, pos or 0
+    except Exception:  # noqa: BLE001 - not a pickle, or cut off by the end of ``head``
+        return size > len(head) and n_ops >= 8 and last > len(head) - 1024
     return False
 
 
@@ -229,7 +232,7 @@ def sniff(path: str | os.PathLike[str]) -> SniffResult:
     st = _sniff_safetensors(p, head, size)
     if st is not None:
         return st
-    if _is_pickle_start(head):
+    if _is_pickle_start(head, size):
         return SniffResult(Format.PICKLE, "pickle opcode stream")
     onnx_res = _sniff_onnx(p, head)
     if onnx_res is not None:
