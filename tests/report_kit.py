@@ -105,29 +105,36 @@ def make_teacher_file(folder: Path, name: str = "teacher.safetensors", rigged: b
 
 
 class CollapseProbe(Probe):
-    """TEST-ONLY probe: flags a teacher whose predictions on engine samples collapse to one class."""
+    """TEST-ONLY probe: flags a teacher whose top-1 logit towers over the rest on engine samples.
+
+    score = mean over synthetic samples of (top-1 logit - top-2 logit); the rigged teacher (class-0
+    bias +1000) scores ~1000, an untrained smallcnn a few units.
+    """
 
     name = TEST_PROBE
     threat = "backdoor"
 
     @dataclass
     class Config:
-        threshold: float = 0.9
+        threshold: float = 50.0
         n: int = 16
         seed: int = 0
 
     def run(self, teacher, engine) -> ProbeResult:  # noqa: ANN001
         x = engine.synthesize(self.config.n, steps=0)
-        pred = teacher.model(x).argmax(1)
-        counts = torch.bincount(pred, minlength=teacher.spec.num_classes)
-        share = float(counts.max()) / len(pred)
-        flagged = share >= self.config.threshold
-        return ProbeResult(probe=self.name, threat="backdoor", score=share, threshold=self.config.threshold,
+        logits = teacher.model(x)
+        top2 = logits.topk(2, dim=1).values
+        score = float((top2[:, 0] - top2[:, 1]).mean())
+        flagged = score > self.config.threshold
+        target = int(torch.bincount(logits.argmax(1)).argmax())
+        return ProbeResult(probe=self.name, threat="backdoor", score=score, threshold=self.config.threshold,
                            flagged=flagged, severity=Severity.HIGH if flagged else Severity.INFO,
-                           target_class=int(counts.argmax()) if flagged else None,
-                           summary=f"{share:.0%} of synthetic samples in one class",
-                           evidence=[Evidence(name="samples", kind="image", png=image_grid_png(x[:9]))],
-                           budget=Budget(teacher_passes=len(pred)), seed=self.config.seed)
+                           target_class=target if flagged else None,
+                           summary=f"mean top-1/top-2 logit gap {score:.3g}",
+                           evidence=[Evidence(name="samples", kind="image", png=image_grid_png(x[:9])),
+                                     Evidence(name="gap histogram", kind="image",
+                                              png=histogram_png(top2[:, 0] - top2[:, 1]))],
+                           budget=Budget(teacher_passes=len(x)), seed=self.config.seed)
 
 
 def register_test_probe() -> None:

@@ -159,6 +159,7 @@ def test_plots_are_pngs():
 
     for png in (image_grid_png(torch.rand(5, 3, 32, 32)), image_grid_png(torch.rand(4, 28, 28)),
                 histogram_png([0.1, 0.2, float("nan"), 0.3], thresholds=[0.15]), histogram_png([]),
+                histogram_png([1000.0001, 1000.0002, 1000.0]), histogram_png([0.0, 0.0]),
                 histogram_png(None, groups={"robust": [1, 2], "fragile": [0.1]}),
                 trigger_png(torch.randn(3, 8, 8)), trigger_png(torch.randn(8, 8), mask=torch.rand(1, 8, 8))):
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 500

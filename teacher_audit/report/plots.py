@@ -104,7 +104,11 @@ def histogram_png(values: Any, *, bins: int = 40, thresholds: Sequence[float] = 
     if allv.size == 0:
         ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
     else:
-        edges = np.histogram_bin_edges(allv, bins=bins)
+        lo, hi = float(allv.min()), float(allv.max())
+        if hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi)):  # (near-)constant values: one visible bar
+            pad = 0.5 * max(1.0, abs(lo)) * 1e-3 if lo else 0.5
+            lo, hi, bins = lo - pad, hi + pad, 1
+        edges = np.histogram_bin_edges(allv, bins=bins, range=(lo, hi))
         for label, v in series.items():
             v = v[np.isfinite(v)]
             ax.hist(v, bins=edges, alpha=0.6 if groups else 0.9, label=label or None)

@@ -25,15 +25,17 @@ def print_summary(console: Console, doc: Report | ScanSet) -> None:
     """Print the summary of one report or of a scan set to ``console``."""
     reports = list(doc.reports) if isinstance(doc, ScanSet) else [doc]
     table = Table(title="teacher-audit scan", show_lines=False)
-    for col in ("file", "verdict", "findings", "reason"):
-        table.add_column(col)
+    table.add_column("file", overflow="fold")
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("findings")
+    table.add_column("reason", overflow="fold")
     for rep in reports:
         n = sum(1 for r in rep.probes if r.status == "ok" and r.flagged)
         reason = rep.verdict.reasons[0] if rep.verdict.reasons else ""
         table.add_row(_t(rep.input.path, 80), Text(VERDICT_LABEL[rep.verdict.status], style=_STYLE[rep.verdict.status]),
                       Text(str(n)), _t(reason, 120))
     console.print(table)
-    if len(reports) == 1 and reports[0].probes:
+    if len(reports) == 1 and reports[0].probes:  # one file: its probes too
         pt = Table(title="probes")
         for col in ("probe", "threat", "result", "score", "threshold", "severity", "target", "time"):
             pt.add_column(col)
