@@ -40,6 +40,12 @@ from teacher_audit.errors import CorruptInput, NotAuditable
 from teacher_audit.intake.onnx_ops import DTYPES, ONNX_OPS
 
 MAX_NODES = 100_000
+MAX_BATCH = 256
+MAX_INPUT_ELEMENTS = 3 * 1024 * 1024
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -195,8 +201,6 @@ class OnnxModule(nn.Module):
         self.bn = nn.ModuleDict()
         self._build_batchnorms(inits)
         self._prune()
-        self._bn_of_node = {idx: outs[0] for idx, (op_type, _, outs, _) in enumerate(self._nodes)
-                            if op_type == "BatchNormalization" and _key(outs[0]) in self.bn}
         self.weights = nn.ParameterList()
         self._slots: dict[str, tuple[str, int | str]] = {}
         used = {name for _, ins, _, _ in self._nodes for name in ins} | {self.output_name}
@@ -210,6 +214,14 @@ class OnnxModule(nn.Module):
             else:
                 self.register_buffer(f"const{k}", t)
                 self._slots[name] = ("b", f"const{k}")
+        for idx, (op_type, _, outs, attrs) in enumerate(self._nodes):
+            if op_type == "Constant":  # precomputed once, moved with the module by .to(device)
+                value = ONNX_OPS.get("Constant")(self, attrs, [])[0]
+                self.register_buffer(f"k{idx}", torch.as_tensor(value))
+                self._slots[outs[0]] = ("b", f"k{idx}")
+        self._nodes = [n for n in self._nodes if n[0] != "Constant"]
+        self._bn_of_node = {idx: outs[0] for idx, (op_type, _, outs, _) in enumerate(self._nodes)
+                            if op_type == "BatchNormalization" and _key(outs[0]) in self.bn}
         self._consumed = used
         self.node_index = 0
 
@@ -362,6 +374,8 @@ def onnxruntime_parity(model: Any, net: nn.Module, shape: tuple[int, ...], trial
     except Exception as exc:  # onnxruntime raises its own exception types
         raise NotAuditable(f"onnxruntime cannot load the graph: {' '.join(str(exc).split())[:160]}") from None
     name = sess.get_inputs()[0].name
+    run_opts = ort.RunOptions()
+    run_opts.log_severity_level = 4  # failures are reported through our one-line error, not ORT's log
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
     for _ in range(trials):
@@ -369,7 +383,7 @@ def onnxruntime_parity(model: Any, net: nn.Module, shape: tuple[int, ...], trial
         with torch.no_grad():
             mine = net(x).float().numpy()
         try:
-            ref = sess.run(None, {name: x.numpy()})[0]
+            ref = sess.run(None, {name: x.numpy()}, run_opts)[0]
         except Exception as exc:
             raise NotAuditable(f"onnxruntime cannot run the graph: {' '.join(str(exc).split())[:160]}") from None
         if ref.shape != mine.shape:
@@ -433,13 +447,21 @@ def load_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, int, int]
         onnx.checker.check_model(model)
     except Exception as exc:
         raise CorruptInput(f"invalid ONNX model: {' '.join(str(exc).split())[:160]}") from None
-    net = OnnxModule(model).eval()
+    try:
+        net = OnnxModule(model).eval()
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+        raise CorruptInput(f"ONNX graph cannot be converted: {_why(exc)}") from None
     spec, static_batch = graph_spec(model, net.input_name)
     chw = input_shape or (spec.get("channels", 3), spec.get("height", 32), spec.get("width", 32))
     shape = (static_batch or 2, *chw)
-    diff = onnxruntime_parity(model, net, shape, trials=parity_trials, seed=seed)
-    with torch.no_grad():
-        scale = float(net(torch.randn(*shape, generator=torch.Generator().manual_seed(seed))).abs().max())
+    if shape[0] > MAX_BATCH or int(np.prod(chw)) > MAX_INPUT_ELEMENTS:
+        raise NotAuditable(f"ONNX model input {list(shape)} is larger than this tool audits")
+    try:
+        diff = onnxruntime_parity(model, net, shape, trials=parity_trials, seed=seed)
+        with torch.no_grad():
+            scale = float(net(torch.randn(*shape, generator=torch.Generator().manual_seed(seed))).abs().max())
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, ZeroDivisionError) as exc:
+        raise NotAuditable(f"ONNX graph cannot be interpreted: {_why(exc)}") from None
     if parity_tol is not None and not diff <= parity_tol * max(1.0, scale):
         raise NotAuditable(f"converted ONNX graph disagrees with onnxruntime (max abs diff {diff:.3g})")
     chunked = False
@@ -447,8 +469,11 @@ def load_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, int, int]
     if static_batch is not None and not _batch_generalises(net, shape, seed):
         module, chunked = BatchChunked(net, static_batch).eval(), True
     if "num_classes" not in spec:
-        with torch.no_grad():
-            logits = module(torch.zeros(*shape))
+        try:
+            with torch.no_grad():
+                logits = module(torch.zeros(*shape))
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError, ZeroDivisionError) as exc:
+            raise NotAuditable(f"ONNX graph cannot be interpreted: {_why(exc)}") from None
         if logits.dim() == 2:
             spec["num_classes"] = int(logits.shape[1])
     return OnnxTeacher(net=module, spec=spec, parity_max_abs_diff=diff, has_batchnorm=len(net.bn) > 0,

@@ -54,6 +54,15 @@ def _unsupported(what: str) -> NotAuditable:
     return NotAuditable(f"unsupported ONNX construct: {what}")
 
 
+#: largest tensor an op may *create* from shape arguments (guards against allocation bombs).
+MAX_NEW_ELEMENTS = 1 << 27
+
+
+def _check_size(shape: Sequence[int], op_name: str) -> None:
+    if any(d < 0 for d in shape) or math.prod(shape) > MAX_NEW_ELEMENTS:
+        raise NotAuditable(f"ONNX {op_name} would create a tensor of shape {list(shape)[:8]}; refused")
+
+
 # ----------------------------------------------------------------- padding helpers
 
 def _same_pads(x: Tensor, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
@@ -373,6 +382,7 @@ def pad(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
     modes = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
     if mode not in modes:
         raise _unsupported(f"Pad mode {mode}")
+    _check_size([d + b + e for d, b, e in zip(x.shape, pads[:x.dim()], pads[x.dim():])], "Pad")
     tp = _torch_pad(pads)
     while len(tp) >= 2 and tp[-1] == 0 and tp[-2] == 0:
         tp = tp[:-2]  # non-constant modes only pad trailing (spatial) dims
@@ -387,12 +397,12 @@ def pad(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
 def shape(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
     dims = list(i[0].shape)
     start, end = a.get("start", 0), a.get("end", len(dims))
-    return [torch.tensor(dims[start:end], dtype=torch.int64)]
+    return [torch.tensor(dims[start:end], dtype=torch.int64, device=i[0].device)]
 
 
 @op("Gather")
 def gather(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
-    data, idx = i[0], i[1].long()
+    data, idx = i[0], i[1].long().to(i[0].device)
     axis = a.get("axis", 0) % data.dim()
     idx = torch.where(idx < 0, idx + data.shape[axis], idx)
     out = torch.index_select(data, axis, idx.reshape(-1))
@@ -453,7 +463,9 @@ def cast(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
 @op("ConstantOfShape")
 def constant_of_shape(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
     value = a.get("value", torch.zeros(1, dtype=torch.float32))
-    return [torch.full(_ints(i[0]), value.reshape(-1)[0].item(), dtype=value.dtype)]
+    shape = _ints(i[0])
+    _check_size(shape, "ConstantOfShape")
+    return [torch.full(shape, value.reshape(-1)[0].item(), dtype=value.dtype, device=i[0].device)]
 
 
 @op("Slice")
