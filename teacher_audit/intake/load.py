@@ -275,6 +275,8 @@ def _load(p: Path, opts: LoadOptions, intake: IntakeResult) -> Teacher:
     if sn.format in PICKLE_FORMATS:
         report = pickle_scan.scan_file(p, sn.format.value, opts.allow_globals)
         intake.pickle = report.to_model()
+        if report.nested:
+            intake.notes.append("pickles nested as bytes inside the file were scanned: " + ", ".join(report.nested[:5]))
         if sn.format != Format.TORCHSCRIPT:
             pickle_scan.enforce(report)
         elif not opts.trust_torchscript:
