@@ -288,7 +288,14 @@ def test_corpus_is_live(corpus: list[tuple[Case, Path, Path]], tmp_path: Path) -
     todo += [(c.name, c.payload.hex()) for c, _, _ in corpus if c.wrap != "raw"][:1]
     subprocess.run([sys.executable, "-c", _LIVE], input=json.dumps(todo), text=True, cwd=tmp_path,
                    stdin=None, capture_output=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    dead = [c.name for c, _, canary in corpus if c.name in dict(todo) and not canary.exists()]
+    import time
+
+    deadline = time.monotonic() + 10  # Popen/popen payloads do not wait for their shell
+    while True:
+        dead = [c.name for c, _, canary in corpus if c.name in dict(todo) and not canary.exists()]
+        if not dead or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert not dead, f"payloads that did not create their canary: {dead}"
     for _, _, canary in corpus:  # clean up for the refusal tests
         if canary.exists():
