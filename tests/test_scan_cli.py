@@ -87,3 +87,38 @@ def test_subprocess_streams(tmp_path):
     assert proc.returncode == 3 and "NOT AUDITABLE" in proc.stdout and "Traceback" not in proc.stderr
     assert "scanning" in proc.stderr and "wrote" in proc.stderr and "scanning" not in proc.stdout
     assert (tmp_path / "r.md").read_text().startswith("### teacher-audit: **NOT AUDITABLE** (exit 3)")
+
+
+def test_ci_examples(tmp_path):
+    """The workflow parses and scans with '--'; the pre-commit hook refuses a non-auditable checkpoint."""
+    import os
+    import shutil
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    wf = yaml.safe_load((root / "examples/ci/teacher-audit.yml").read_text())
+    steps = wf["jobs"]["audit"]["steps"]
+    run = "\n".join(s.get("run", "") for s in steps)
+    assert "teacher-audit scan" in run and '-- "${files[@]}"' in run and "--sarif" in run
+    assert any(s.get("uses", "").startswith("github/codeql-action/upload-sarif") for s in steps)
+
+    hook = root / "examples/ci/pre-commit-hook.sh"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+
+    git("init", "-q")
+    shutil.copy(hook, repo / ".git/hooks/pre-commit")
+    (repo / "README").write_text("no model here")
+    git("add", "README")
+    assert git("commit", "-q", "-m", "docs").returncode == 0          # no checkpoint: hook passes
+    (repo / "-tricky name.pt").write_bytes(b"\x00not a checkpoint" * 8)
+    git("add", "--", "-tricky name.pt")
+    res = git("commit", "-q", "-m", "model")
+    assert res.returncode != 0 and "could not be audited" in res.stderr
+    assert "Traceback" not in res.stderr
