@@ -25,7 +25,6 @@ from teacher_audit.severity import Severity
 from teacher_audit.report.writers import WRITERS
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
-INFO_URI = "https://github.com/teacher-audit/teacher-audit"
 
 _FIXED_RULES: dict[str, tuple[str, str, str]] = {
     # id: (name, short description, default level)
@@ -58,7 +57,9 @@ def _location(rep: Report, index: int) -> dict[str, Any]:
     loc: dict[str, Any] = {"uri": uri, "index": index}
     if base:
         loc["uriBaseId"] = base
-    return {"physicalLocation": {"artifactLocation": loc}}
+    # GitHub code scanning needs region.startLine (sarif-sdk rule GH1003); a checkpoint is binary, so
+    # the whole file is the finding's location and line 1 is where viewers anchor it.
+    return {"physicalLocation": {"artifactLocation": loc, "region": {"startLine": 1}}}
 
 
 def _probe_rule(r: ProbeResult) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def _probe_rule(r: ProbeResult) -> dict[str, Any]:
         "fullDescription": {"text": f"Data-free {clean(r.threat)} probe '{clean(r.probe, 100)}' of teacher-audit "
                                     "flagged this checkpoint."},
         "defaultConfiguration": {"level": "error"},
-        "helpUri": INFO_URI,
+        "help": {"text": f"See the teacher-audit report (--html) for this probe's evidence and docs/report.md."},
         "properties": {"threat": clean(r.threat)},
     }
 
@@ -105,7 +106,8 @@ class SarifWriter:
         def fixed(rule_id: str) -> int:
             name, desc, lvl = _FIXED_RULES[rule_id]
             return rule(rule_id, lambda: {"id": rule_id, "name": name, "shortDescription": {"text": desc},
-                                          "defaultConfiguration": {"level": lvl}, "helpUri": INFO_URI})
+                                          "fullDescription": {"text": desc}, "help": {"text": desc},
+                                          "defaultConfiguration": {"level": lvl}})
 
         artifacts: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = []
@@ -167,7 +169,7 @@ class SarifWriter:
             "version": "2.1.0",
             "runs": [{
                 "tool": {"driver": {"name": "teacher-audit", "version": teacher_audit.__version__,
-                                    "semanticVersion": teacher_audit.__version__, "informationUri": INFO_URI,
+                                    "semanticVersion": teacher_audit.__version__,
                                     "rules": rules}},
                 "invocations": [{"executionSuccessful": exit_code in (0, 1), "exitCode": exit_code}],
                 "artifacts": artifacts,
