@@ -1,0 +1,126 @@
+"""ABD defense: suspect model, implicit hypergradient, hooks on the real engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from teacher_audit.defenses import DEFENSES
+from teacher_audit.defenses.abd import ABDConfig, SelfRetrospection, ShufflingVaccine, implicit_hypergrad
+from teacher_audit.errors import UsageError
+from teacher_audit.probes.shuffle import build_suspect, execution_order
+
+
+def test_hypergradient_matches_finite_differences():
+    torch.manual_seed(0)
+    n, d = 4, 6
+    q = torch.randn(d, d, dtype=torch.float64)
+    a = q @ q.T / d + torch.eye(d, dtype=torch.float64)         # SPD Hessian of the inner problem
+    b = torch.randn(d, n, dtype=torch.float64)
+    c = torch.randn(d, dtype=torch.float64)
+    theta = torch.randn(n, dtype=torch.float64, requires_grad=True)
+
+    def inner_of(th):
+        return lambda delta: 0.5 * delta @ a @ delta - delta @ (b @ th)
+
+    def outer_of(th):
+        return lambda delta: ((delta - c) ** 2).sum() + 0.1 * (th ** 2).sum() + (delta * th.sum()).sum()
+
+    def solve(th):
+        return torch.linalg.solve(a, b @ th)
+
+    def total(th):
+        return outer_of(th)(solve(th))
+
+    alpha = 1.0 / float(torch.linalg.eigvalsh(a).max())
+    hg, value = implicit_hypergrad(outer_of(theta), inner_of(theta), solve(theta.detach()), [theta], 400, alpha)
+    eps = 1e-6
+    fd = torch.zeros(n, dtype=torch.float64)
+    for i in range(n):
+        e = torch.zeros(n, dtype=torch.float64)
+        e[i] = eps
+        with torch.no_grad():
+            fd[i] = (total(theta + e) - total(theta - e)) / (2 * eps)
+    assert torch.allclose(hg[0], fd, rtol=1e-5, atol=1e-6), (hg[0], fd)
+    assert abs(float(value) - float(total(theta.detach()))) < 1e-9
+    # few Neumann steps: close, but only approximately
+    hg5, _ = implicit_hypergrad(outer_of(theta), inner_of(theta), solve(theta.detach()), [theta], 5, alpha)
+    assert not torch.allclose(hg5[0], fd, rtol=1e-6, atol=1e-9)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(4)
+        self.c2 = nn.Conv2d(4, 8, 3, padding=1, groups=2)
+        self.b2 = nn.BatchNorm2d(8)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.fc(self.c3(x).mean((2, 3)))
+
+
+def test_suspect_leaves_bn_and_classifier_untouched_and_shuffles_inputs():
+    net = _Net().eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.rand(5, 1, 8, 8)
+    assert execution_order(net, x, (nn.Conv2d,)) == ["c1", "c2", "c3"]
+    sus = build_suspect(net, x, n_layers=2, generator=torch.Generator().manual_seed(0))
+    assert sus.layers == ["c2", "c3"]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    sd = sus.model.state_dict()
+    for k, v in before.items():   # every weight, BN statistic and the classifier are identical
+        assert torch.equal(sd[k], v), k
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in sus.perms)
+    with torch.no_grad():
+        assert not torch.allclose(sus.model(x), net(x))
+        # teacher itself is unaffected (hooks live on the copy only)
+        assert torch.allclose(net(x), net(x))
+    # manual check: c2's input permuted == the suspect's c2 behaviour
+    feats = {}
+
+    def grab(_m, i, o):
+        feats["c2"] = (i[0], o)
+
+    sus.model.c2.register_forward_hook(grab)
+    with torch.no_grad():
+        sus.model(x)
+        inp, outp = feats["c2"]
+        ref_in = torch.relu(net.b1(net.c1(x)))
+        assert torch.allclose(inp, ref_in[:, sus.perms[0]])       # c2 sees its input channels permuted
+        assert torch.allclose(outp, net.c2(ref_in[:, sus.perms[0]]), atol=1e-6)
+
+
+def test_abd_registered_and_options_checked():
+    assert "abd" in DEFENSES
+    with pytest.raises(UsageError):
+        DEFENSES.get("abd")(None, None, nonsense=1)
+    with pytest.raises(UsageError):
+        DEFENSES.get("abd")(None, None, mode="weird")
+
+
+def test_abd_hooks_run_on_the_engine():
+    from teacher_audit.synth import PRESETS, Engine
+    from teacher_audit.synth.tiny import TinyCNN, tiny_teacher
+
+    teacher = tiny_teacher(bn=True, n_train=600, epochs=1)
+    cfg = PRESETS.get("dfq")()
+    cfg.batch_size = 32
+    cfg.kd_steps = 1
+    engine = Engine(teacher, cfg, student=TinyCNN(width=8), device="cpu", seed=0)
+    for mode in ("hyper", "plain"):
+        hooks = DEFENSES.get("abd")(teacher, engine, mode=mode, check_batches=2, sr_start=0.0, delta_samples=16)
+        sv, sr = hooks
+        assert isinstance(sv, ShufflingVaccine) and isinstance(sr, SelfRetrospection)
+        engine.run(budget_passes=engine.passes + 800, hooks=hooks, progress=False)
+        assert sv.decided and len(sv.tail_ratios) >= 1 and sv.note
+        assert sr.steps >= 2 and sr.delta is not None and sr.delta.abs().sum() > 0
+    assert ABDConfig().coef == 0.1
