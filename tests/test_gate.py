@@ -89,6 +89,13 @@ def test_exit_code_matrix(bench, tmp_path, capsys):
         assert "Traceback" not in err and "verdict:" in out
         seen[label.split()[0]] = json.loads(js.read_text())
     assert not bench["canary"].exists()
+    from jsonschema import Draft202012Validator
+
+    from teacher_audit.report.schema import published
+
+    for key, doc in seen.items():   # real scan output validates against the published schemas
+        schema = published("scanset.schema.json" if "reports" in doc else "report.schema.json")
+        assert not list(Draft202012Validator(schema).iter_errors(doc)), key
 
     rep = seen["findings"]
     probe = [p for p in rep["probes"] if p["probe"] == TEST_PROBE][0]

@@ -100,8 +100,9 @@ def scan(
         spec_flags["std"] = _floats(std, "--std")
     if num_classes is not None:
         spec_flags["num_classes"] = num_classes
-    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
-        raise UsageError(f"--device must be cpu, cuda, cuda:N or auto, got {clean(device, 20)!r}")
+    from teacher_audit.device import pick_device
+
+    pick_device(device)  # bad or unavailable device -> one-line usage error before any work
 
     files = expand_paths(paths)
     single = len(files) == 1 and len(paths) == 1 and Path(paths[0]).is_file()
