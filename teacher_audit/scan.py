@@ -40,6 +40,7 @@ import teacher_audit
 from teacher_audit.errors import AuditError, RefusedPickle, UsageError
 from teacher_audit.exitcodes import ExitCode, exit_code_for
 from teacher_audit.policy import Policy, combine, evaluate, load_policy
+from teacher_audit.report.coerce import json_safe_result
 from teacher_audit.report.model import (
     ArchitectureInfo,
     Budget,
@@ -205,6 +206,11 @@ def _run_probes(teacher: Any, engine: Any, policy: Policy, options: ScanOptions,
                               summary=f"{exc.__class__.__name__}: {_one_line(exc)}")
         dt = time.monotonic() - t0
         timings[name] = round(dt, 3)
+        try:
+            res = json_safe_result(res)
+        except Exception as exc:  # noqa: BLE001 - unserialisable output is a probe error, not a crash
+            res = ProbeResult(probe=name, threat=threat, status="error",
+                              summary=f"probe output is not serialisable: {exc.__class__.__name__}")
         upd: dict[str, Any] = {}
         if res.probe != name:
             upd["probe"] = name

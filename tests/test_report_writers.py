@@ -188,3 +188,27 @@ def test_verdict_labels_all_render(reports):
         rep = reports["plain"].model_copy(update={"verdict": Verdict(status=status, exit_code=code, reasons=["x"])})
         for fmt in WRITERS.names():
             assert render(fmt, rep)
+
+
+def test_probe_output_coerced_to_strict_json(reports):
+    import numpy as np
+    import torch
+
+    from teacher_audit.report.coerce import json_safe_result
+    from teacher_audit.report.model import Evidence, ProbeResult
+
+    raw = ProbeResult(probe="p", threat="ntl", score=float("nan"), threshold=float("inf"),
+                      details={"a": np.float32(0.5), "arr": np.arange(3), "t": torch.tensor([1.0, float("nan")]),
+                               "big": torch.zeros(10_000), "nested": {"x": (np.int64(2),)}},
+                      evidence=[Evidence(name="v", kind="values", values={"k": np.float64(2.0)})])
+    with pytest.raises(Exception):
+        raw.model_dump(mode="json")                     # what a naive writer would hit
+    safe = json_safe_result(raw)
+    assert safe.details["arr"] == [0, 1, 2] and safe.details["t"] == [1.0, None] and safe.score is None
+    assert safe.details["big"].startswith("<tensor shape (10000,)") and safe.details["nested"] == {"x": [2]}
+    assert safe.details["score_non_finite"] == "nan" and safe.evidence[0].values == {"k": 2.0}
+    rep = reports["plain"].model_copy(update={"probes": [safe, raw.model_copy(update={"details": {}})]})
+    for fmt in ("json", "sarif"):
+        text = render(fmt, rep)
+        assert "NaN" not in text and "Infinity" not in text
+        json.loads(text)

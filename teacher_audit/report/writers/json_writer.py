@@ -1,7 +1,7 @@
 """JSON writer: the report model itself (schema: ``report/schemas/report.schema.json``).
 
 Evidence PNG bytes are base64 (URL-safe alphabet, pydantic's ``ser_json_bytes="base64"``).
-Output is pure ASCII: control characters and every non-ASCII character (including bidi overrides)
+Strict JSON (non-finite numbers become ``null``). Output is pure ASCII: control characters and every non-ASCII character (including bidi overrides)
 are ``\\uXXXX`` escapes, so hostile names stay data even when the file is printed in a terminal.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from teacher_audit.report.coerce import finite
 from teacher_audit.report.model import Report, ScanSet
 from teacher_audit.report.writers import WRITERS
 
@@ -18,4 +19,4 @@ class JsonWriter:
     suffix = ".json"
 
     def render(self, doc: Report | ScanSet) -> str:
-        return json.dumps(doc.model_dump(mode="json"), indent=2, ensure_ascii=True) + "\n"
+        return json.dumps(finite(doc.model_dump(mode="json")), indent=2, ensure_ascii=True, allow_nan=False) + "\n"

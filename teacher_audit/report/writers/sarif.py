@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import teacher_audit
+from teacher_audit.report.coerce import finite
 from teacher_audit.report.model import ProbeResult, Report, ScanSet
 from teacher_audit.report.sanitize import clean
 from teacher_audit.report.view import reports_of
@@ -179,4 +180,4 @@ class SarifWriter:
                                "reasons": [clean(x) for x in doc.verdict.reasons]},
             }],
         }
-        return json.dumps(log, indent=2, ensure_ascii=False) + "\n"
+        return json.dumps(finite(log), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
