@@ -7,3 +7,5 @@ module exists.
 from teacher_audit.defenses.base import DEFENSES, DefenseFactory, no_defense
 
 __all__ = ["DEFENSES", "DefenseFactory", "no_defense"]
+
+from teacher_audit.defenses import atesc  # noqa: E402,F401  (registers "atesc")

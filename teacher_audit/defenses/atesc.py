@@ -1,0 +1,150 @@
+"""ATEsc: Adversarial Trap Escaping for data-free KD from a possibly non-transferable teacher.
+
+Paper: Hong et al., ICML 2025. A non-transferable-learning (NTL) teacher pulls synthesis towards its
+misleading OOD domain; NTL teachers are more adversarially robust on OOD-like inputs than on ID-like
+ones. ATEsc attacks every synthetic batch with PGD against the teacher, splits the batch by
+robustness, distils on the fragile (ID-like) group and makes the student *forget* the teacher's
+answers on the robust (OOD-like) group: ``loss = L_KD(fragile) + lambda * L_forget(robust)``.
+
+The paper's code is not public; every choice it leaves open is an option here (defaults in
+``ATEscConfig``, rationale and measurements in ``docs/ntl.md``):
+
+* attack: L-inf PGD in the teacher's raw range, ``eps`` 8/255 of the range, ``pgd_steps`` 5 (step
+  ``2.5 eps / steps``), KL objective with random start;
+* robustness score per sample: ``measure="kl"`` -> ``-log10 KL(T(x) || T(x_adv))`` (default; one PGD
+  run), or ``measure="flip"`` -> ``log10`` of the smallest flipping radius (bisection, costlier);
+* split: a rule learned from the batch (:func:`teacher_audit.attacks.split.robust_split`, ``split``
+  ``gmm`` default, ``quantile``, ``otsu``); a unimodal batch (clean teacher) gives no robust group, so
+  ATEsc then reduces to plain KD -- never a fixed fraction;
+* forgetting: ``forget="uniform"`` (default: KL(uniform || S) on robust samples, pushes the student to
+  "don't know"), ``"neg_kl"`` (bounded ``-min(KL(T || S), forget_cap)``: move away from the teacher),
+  ``"none"`` (drop robust samples from KD only);
+* ``lam`` = lambda, default 1 (the paper's best).
+
+Threat assumption: the teacher is untrusted but only evaluated; PGD costs teacher passes, which are
+added to the engine's budget counter.
+
+Outputs: the hooks; ``ATEscHook.stats`` keeps per-step robust shares and split thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from teacher_audit.attacks.pgd import kl_at_eps, min_flip_eps
+from teacher_audit.attacks.split import robust_split
+from teacher_audit.defenses.base import DEFENSES
+from teacher_audit.errors import UsageError
+from teacher_audit.registry import Registry
+from teacher_audit.synth.hooks import BatchContext, Hook
+
+FORGET: Registry[Any] = Registry("ATEsc forgetting loss")
+
+
+@FORGET.register("uniform")
+def _forget_uniform(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: "ATEscConfig") -> torch.Tensor:
+    logp = F.log_softmax(s_logits.float(), 1)
+    return (-logp.mean(1) - math.log(s_logits.shape[1])).mean()  # KL(uniform || S)
+
+
+@FORGET.register("neg_kl")
+def _forget_neg_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: "ATEscConfig") -> torch.Tensor:
+    kl = F.kl_div(F.log_softmax(s_logits.float(), 1), F.softmax(t_logits.float(), 1), reduction="none").sum(1)
+    return -kl.clamp(max=cfg.forget_cap).mean()
+
+
+@FORGET.register("none")
+def _forget_none(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: "ATEscConfig") -> torch.Tensor:
+    return s_logits.sum() * 0.0
+
+
+@dataclass
+class ATEscConfig:
+    """ATEsc options (see module docstring)."""
+
+    eps: float = 8 / 255
+    pgd_steps: int = 5
+    measure: str = "kl"
+    split: str = "gmm"
+    min_gap: float = 0.5
+    min_separation: float = 2.0
+    forget: str = "uniform"
+    forget_cap: float = 2.0
+    lam: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.measure not in ("kl", "flip"):
+            raise UsageError(f"atesc: measure must be 'kl' or 'flip', got {self.measure!r}")
+        FORGET.get(self.forget)
+        if self.eps <= 0 or self.pgd_steps < 1 or self.lam < 0:
+            raise UsageError("atesc: eps > 0, pgd_steps >= 1 and lam >= 0 are required")
+
+
+class ATEscHook(Hook):
+    """Replaces the student loss by ``KD(fragile) + lam * forget(robust)`` (see module docstring)."""
+
+    def __init__(self, config: ATEscConfig | None = None):
+        self.cfg = config or ATEscConfig()
+        self.gen = torch.Generator().manual_seed(self.cfg.seed)
+        self.stats: list[dict[str, float]] = []
+
+    def robustness(self, engine: Any, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample robustness score (higher = more robust); counts the PGD passes."""
+        model = engine.teacher.model
+        vr = tuple(float(v) for v in engine.spec.value_range)
+        if self.cfg.measure == "kl":
+            kl, passes = kl_at_eps(model, x.detach(), eps=self.cfg.eps, steps=self.cfg.pgd_steps,
+                                   value_range=vr, generator=self.gen)  # type: ignore[arg-type]
+            score = -torch.log10(kl + 1e-8)
+        else:
+            eps, _, passes = min_flip_eps(model, x.detach(), eps_max=4 * self.cfg.eps, bisection_steps=3,
+                                          pgd_steps=self.cfg.pgd_steps, value_range=vr,  # type: ignore[arg-type]
+                                          generator=self.gen)
+            score = torch.log10(eps * 255)
+        engine.passes += int(passes)
+        return score
+
+    def student_loss(self, ctx: BatchContext) -> torch.Tensor | None:
+        if ctx.phase != "student" or ctx.s_logits is None:
+            return None
+        cfg = self.cfg
+        score = self.robustness(ctx.engine, ctx.x)
+        sp = robust_split(score, method=cfg.split, min_separation=cfg.min_separation, min_gap=cfg.min_gap)
+        robust = sp.robust.to(ctx.x.device)
+        fragile = ~robust
+        s, t = ctx.s_logits, ctx.t_logits
+        loss = s.sum() * 0.0
+        if fragile.any():
+            loss = loss + ctx.engine.kd_loss(t[fragile], s[fragile]) * fragile.float().mean()
+        if robust.any():
+            loss = loss + cfg.lam * FORGET.get(cfg.forget)(s[robust], t[robust], cfg) * robust.float().mean()
+        self.stats.append({"step": float(ctx.step), "robust_share": sp.share,
+                           "threshold": sp.threshold if math.isfinite(sp.threshold) else float("nan")})
+        ctx.extra["atesc_robust_share"] = sp.share
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "stats": list(self.stats)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+        self.stats = list(state.get("stats", []))
+
+
+@DEFENSES.register("atesc", summary="ATEsc (Hong et al., ICML 2025): KD on fragile, forgetting on robust samples")
+def atesc(teacher: Any, engine: Any, **options: Any) -> list[Hook]:
+    """Build the ATEsc hook; ``options`` are :class:`ATEscConfig` fields (unknown ones are refused)."""
+    known = {f.name for f in fields(ATEscConfig)}
+    bad = sorted(set(options) - known)
+    if bad:
+        raise UsageError(f"atesc: unknown option(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+    return [ATEscHook(ATEscConfig(**options))]
+
+
+__all__ = ["ATEscConfig", "ATEscHook", "FORGET", "atesc", "asdict"]

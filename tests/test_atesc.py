@@ -1,0 +1,100 @@
+"""ATEsc defense hooks (teacher_audit.defenses.atesc) on a constructed teacher with a robust region."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from teacher_audit.defenses import DEFENSES
+from teacher_audit.defenses.atesc import ATEscConfig, ATEscHook
+from teacher_audit.errors import UsageError
+from teacher_audit.intake.spec import InputSpec
+from teacher_audit.synth import PRESETS, BatchContext, Engine
+from teacher_audit.teacher import Teacher
+
+
+class _MeanTeacher(nn.Module):
+    """Logits (+k, -k) * (mean(x) - 0.5): far from mean 0.5 the teacher is confident and robust."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1, keepdim=True) - 0.5
+        return torch.cat([50 * m, -50 * m], 1)
+
+
+SPEC = InputSpec(channels=1, height=8, width=8, mean=(0.0,), std=(1.0,), num_classes=2)
+
+
+def _batch(n_fragile: int, n_robust: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n_fragile + n_robust, 1, 8, 8, generator=g) * 0.1
+    sign = torch.where(torch.rand(n_fragile, generator=g) < 0.5, -1.0, 1.0)
+    gap = 10 ** (-2 + 0.2 * torch.randn(n_fragile, generator=g))
+    off = torch.cat([0.5 + sign * gap, torch.full((n_robust,), 0.85)])
+    return (base - base.flatten(1).mean(1).view(-1, 1, 1, 1) + off.view(-1, 1, 1, 1)).clamp(0, 1)
+
+
+def _engine() -> tuple[Teacher, Engine]:
+    teacher = Teacher.from_net(_MeanTeacher(), SPEC)
+    cfg = PRESETS.get("dfq")()
+    cfg.batch_size = 32
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 2))
+    return teacher, Engine(teacher, cfg, student=student, device="cpu", seed=0)
+
+
+def _ctx(engine: Engine, x: torch.Tensor) -> BatchContext:
+    t = engine.teacher_logits(x)
+    s = engine.student(x)
+    return BatchContext(x=x, t_logits=t, s_logits=s, engine=engine, step=0, phase="student",
+                        student=engine.student)
+
+
+def test_atesc_splits_robust_samples_and_forgets_them():
+    teacher, engine = _engine()
+    hook = ATEscHook(ATEscConfig())
+    x = _batch(96, 32)
+    truth = torch.arange(128) >= 96
+    before = engine.passes
+    score = hook.robustness(engine, x)
+    assert engine.passes > before  # PGD passes are charged to the budget
+    from teacher_audit.attacks.split import robust_split
+
+    assert torch.equal(robust_split(score).robust, truth)
+    with torch.no_grad():
+        kd0 = engine.kd_loss(teacher.model(x[~truth]), engine.student(x[~truth]))
+    opt = torch.optim.Adam(engine.student.parameters(), 1e-2)
+    for _ in range(60):
+        loss = hook.student_loss(_ctx(engine, x))
+        assert loss is not None and loss.requires_grad
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert abs(hook.stats[-1]["robust_share"] - 0.25) < 1e-6
+    with torch.no_grad():
+        p = torch.softmax(engine.student(x), 1)
+        kd1 = engine.kd_loss(teacher.model(x[~truth]), engine.student(x[~truth]))
+    # robust (OOD-like) samples: the student does not copy the teacher's confident answer (p ~ 1)
+    assert p[truth].max(1)[0].mean() < 0.65
+    # fragile (ID-like) samples: the student moves towards the teacher
+    assert kd1 < 0.95 * kd0
+
+
+def test_atesc_is_plain_kd_on_a_unimodal_batch():
+    _, engine = _engine()
+    hook = ATEscHook(ATEscConfig())
+    ctx = _ctx(engine, _batch(128, 0, seed=1))
+    loss = hook.student_loss(ctx)
+    assert hook.stats[-1]["robust_share"] == 0.0
+    assert torch.allclose(loss, engine.kd_loss(ctx.t_logits, ctx.s_logits))
+
+
+def test_atesc_registered_runs_in_engine_and_refuses_bad_options():
+    teacher, engine = _engine()
+    hooks = DEFENSES.get("atesc")(teacher, engine, forget="neg_kl", lam=0.5)
+    res = engine.run(budget_passes=600, hooks=hooks, progress=False)
+    assert res.passes >= 600 and hooks[0].stats  # type: ignore[attr-defined]
+    with pytest.raises(UsageError):
+        DEFENSES.get("atesc")(teacher, engine, bogus=1)
+    with pytest.raises(UsageError):
+        ATEscConfig(forget="nope")
