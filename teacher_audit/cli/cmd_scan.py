@@ -64,6 +64,29 @@ def write_outputs(doc: Report | ScanSet, *, json_path: Optional[Path], md_path: 
     return written
 
 
+def _scan_many_with_progress(files: list[str], options: object, jobs: int, quiet: bool) -> ScanSet:
+    """scan_many with a rich progress bar (files done, ETA) on a terminal, one line per file otherwise."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from teacher_audit.scan import scan_many
+
+    if quiet or not err.is_terminal:
+        def line(rep: Report) -> None:
+            if not quiet:
+                err.print(f"  {clean(rep.input.path, 200)}: {rep.verdict.status}", markup=False)
+
+        return scan_many(files, options, jobs=jobs, on_report=line)  # type: ignore[arg-type]
+    with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("files", total=len(files))
+
+        def step(rep: Report) -> None:
+            bar.console.print(f"  {clean(rep.input.path, 200)}: {rep.verdict.status}", markup=False)
+            bar.advance(task)
+
+        return scan_many(files, options, jobs=jobs, on_report=step)  # type: ignore[arg-type]
+
+
 @app.command("scan")
 @guarded
 def scan(
@@ -89,7 +112,7 @@ def scan(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
 ) -> ExitCode:
     """Audit checkpoints for transferable backdoors and NTL traps; the exit code is the gate's verdict."""
-    from teacher_audit.scan import ScanOptions, expand_paths, scan_file, scan_many
+    from teacher_audit.scan import ScanOptions, expand_paths, scan_file
 
     spec_flags: dict[str, object] = {}
     if input_size:
@@ -127,11 +150,7 @@ def scan(
             err.print(f"scanning {clean(files[0], 200)}", markup=False)
         doc = scan_file(files[0], options)
     else:
-        def done(rep: Report) -> None:
-            if not quiet:
-                err.print(f"  {clean(rep.input.path, 200)}: {rep.verdict.status}", markup=False)
-
-        doc = scan_many(files, options, jobs=jobs, on_report=done)
+        doc = _scan_many_with_progress(files, options, jobs, quiet)
 
     written = write_outputs(doc, json_path=json_out, md_path=md_out, html_path=html_out, sarif_path=sarif_out,
                             out_dir=out_dir)
