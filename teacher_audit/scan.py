@@ -197,7 +197,7 @@ def _run_probes(teacher: Any, engine: Any, policy: Policy, options: ScanOptions,
             res = cls(cfg).run(teacher, engine)
             if not isinstance(res, ProbeResult):
                 raise TypeError(f"probe returned {type(res).__name__}, not ProbeResult")
-        except (KeyboardInterrupt, UsageError):
+        except KeyboardInterrupt:
             raise
         except MemoryError:
             res = ProbeResult(probe=name, threat=threat, status="error", summary="out of memory")
@@ -227,6 +227,17 @@ def _run_probes(teacher: Any, engine: Any, policy: Policy, options: ScanOptions,
     return results, disabled
 
 
+def check_preset(options: ScanOptions) -> None:
+    """Unknown engine preset -> UsageError before any file is opened (when the default engine is used)."""
+    if options.engine_factory is not None:
+        return
+    try:
+        from teacher_audit.synth import PRESETS
+    except ImportError:
+        return  # reported per file as an engine error
+    PRESETS.get(options.preset)
+
+
 def _default_engine(teacher: Any, options: ScanOptions) -> Any:
     from teacher_audit.synth import PRESETS, Engine
 
@@ -247,6 +258,7 @@ def scan_file(path: str | os.PathLike[str], options: ScanOptions | None = None) 
     options = options or ScanOptions()
     policy = options.resolved_policy()
     check_policy_probes(policy)
+    check_preset(options)
     started = _now()
     t_start = time.monotonic()
     path_s = os.fspath(path)
@@ -393,6 +405,7 @@ def scan_many(paths: Iterable[str | os.PathLike[str]], options: ScanOptions | No
     options = options or ScanOptions()
     options = replace(options, policy=options.resolved_policy())
     check_policy_probes(options.policy)  # type: ignore[arg-type]
+    check_preset(options)
     files = expand_paths(paths)
     reports: dict[str, Report] = {}
     if jobs <= 1 or len(files) <= 1:
