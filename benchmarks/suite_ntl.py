@@ -1,0 +1,284 @@
+"""NTL suite: robustness asymmetry on real data, NTL-probe detection AUROC, ATEsc defense.
+
+Usage (from the repo root; the zoo is read from ``zoo-cache/``, built by ``benchmarks/suite_zoo.py``)::
+
+    .venv/bin/python benchmarks/suite_ntl.py asym    [--teachers a,b,...] [--n 200]
+    .venv/bin/python benchmarks/suite_ntl.py detect  [--teachers ...] [--seeds 0]
+    .venv/bin/python benchmarks/suite_ntl.py defense [--teachers ...] [--budget 20000]
+
+Each writes its table to ``docs/benchmarks.md`` under its own heading (``## Robustness asymmetry``,
+``## NTL detection``, ``## ATEsc defense``) with the command, date and machine, and the raw numbers
+to ``zoo-cache/ntl-results/<suite>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from teacher_audit.atomic import atomic_write_text  # noqa: E402
+from teacher_audit.teacher import Teacher  # noqa: E402
+
+ZOO = ROOT / "zoo-cache"
+RESULTS = ZOO / "ntl-results"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+# ----------------------------------------------------------------------------- zoo access
+def zoo_names() -> list[str]:
+    return sorted(p.name[: -len(".safetensors")] for p in ZOO.glob("*.safetensors")
+                  if (ZOO / (p.name + ".card.json")).exists())
+
+
+def load(name: str) -> tuple[Teacher, dict[str, Any]]:
+    from teacher_audit.intake.archs import build_arch
+    from teacher_audit.zoo.build import load_zoo_teacher
+
+    net, spec, card = load_zoo_teacher(ZOO, name, build_arch)
+    return Teacher.from_net(net, spec, arch=card["arch"], fmt="safetensors"), card
+
+
+def kind_of(card: dict[str, Any]) -> str:
+    return str((card.get("ground_truth") or {}).get("kind", "clean"))
+
+
+def ood_transform(desc: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The OOD domain of an NTL card (``ground_truth.ood``) as a transform of [0, 1] images."""
+    if desc.get("type") == "domain_shift":
+        from teacher_audit.data import apply_shift
+
+        return lambda x: apply_shift(str(desc["shift"]), x)
+    from teacher_audit.zoo.triggers import apply, from_dict
+
+    spec = from_dict(desc["trigger"])
+    return lambda x: apply(x, spec)
+
+
+def ood_domains(cards: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every distinct OOD domain of the NTL teachers, by a short name."""
+    out: dict[str, dict[str, Any]] = {}
+    for card in cards.values():
+        desc = (card.get("ground_truth") or {}).get("ood")
+        if desc:
+            name = desc.get("shift") or (desc.get("trigger") or {}).get("name") or desc.get("type")
+            out.setdefault(f"{desc.get('type')}:{name}", desc)
+    return out
+
+
+# ----------------------------------------------------------------------------- docs
+def write_section(title: str, body: str) -> None:
+    """Replace (or append) ``## title`` in docs/benchmarks.md; other sections are left untouched."""
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    block = f"## {title}\n\n{body.rstrip()}\n"
+    pat = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pat.search(text):
+        text = pat.sub(lambda _m: block + "\n", text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + block
+    atomic_write_text(DOC, text.rstrip() + "\n")
+
+
+def header(cmd: str) -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"Command: `{cmd}`  \nDate: {now}; machine: 2-core CPU (shared with other jobs, so times are "
+            f"upper bounds); torch threads: {torch.get_num_threads()}.\n")
+
+
+def save_json(suite: str, data: Any) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS / f"{suite}.json", json.dumps(data, indent=1, default=float))
+
+
+def auroc(pos: list[float], neg: list[float]) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+# ----------------------------------------------------------------------------- suites
+def suite_asym(args: argparse.Namespace) -> None:
+    from teacher_audit.attacks.pgd import kl_at_eps, min_flip_eps
+    from teacher_audit.data import load_dataset
+
+    names = args.teachers.split(",") if args.teachers else zoo_names()
+    cards = {n: load(n)[1] for n in names}
+    domains = ood_domains(cards)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        teacher, card = load(name)
+        kind = kind_of(card)
+        if kind.startswith("backdoor") or kind == "clean_label":
+            continue
+        data = load_dataset("fashion-mnist", "test", spec=teacher.spec, limit=args.n)
+        own = (card.get("ground_truth") or {}).get("ood")
+        sets = {"ID": None}
+        for dn, desc in domains.items():
+            if own is None or desc == own:
+                sets[("own OOD " if own else "OOD ") + dn] = desc
+        for dn, desc in sets.items():
+            x = data.x if desc is None else ood_transform(desc)(data.x)
+            g = torch.Generator().manual_seed(0)
+            eps, cens, _ = min_flip_eps(teacher.model, x, eps_max=32 / 255, bisection_steps=4, pgd_steps=5,
+                                        generator=g)
+            kl, _ = kl_at_eps(teacher.model, x, eps=8 / 255, steps=5, generator=g)
+            with torch.no_grad():
+                p = F.softmax(teacher.model(x), 1)
+            rows.append({"teacher": name, "kind": kind, "data": dn, "acc": float((p.argmax(1) == data.y).float().mean()),
+                         "median_eps255": float(eps.median() * 255), "censored": float(cens.float().mean()),
+                         "kl8_median": float(kl.median()), "conf": float(p.max(1)[0].mean()),
+                         "top_class_share": float(p.argmax(1).bincount(minlength=p.shape[1]).max() / x.shape[0])})
+            print(rows[-1], flush=True)
+    save_json("asym", rows)
+    lines = ["| teacher | kind | data | acc | median flip ε (/255) | robust beyond 32/255 | median KL @ 8/255 | "
+             "confidence | top-class share |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['teacher']} | {r['kind']} | {r['data']} | {100 * r['acc']:.1f} | {r['median_eps255']:.2f} | "
+                     f"{100 * r['censored']:.0f}% | {r['kl8_median']:.3f} | {r['conf']:.2f} | {r['top_class_share']:.2f} |")
+    body = (header(" ".join(["python benchmarks/suite_ntl.py"] + sys.argv[1:])) +
+            f"\nReal Fashion-MNIST test images (first {args.n}), ID and the zoo's NTL OOD domains; smallest "
+            "label-flipping L∞ radius by geometric bisection (4 rounds x 5-step PGD, ε ≤ 32/255) and the KL "
+            "between T(x) and T(x_adv) after 5-step KL-PGD at 8/255.\n\n" + "\n".join(lines))
+    write_section("Robustness asymmetry", body)
+
+
+def run_probe(name: str, seed: int, preset: str) -> dict[str, Any]:
+    from teacher_audit.probes.ntl_robustness import NTLConfig, NTLRobustnessProbe
+    from teacher_audit.synth import PRESETS, Engine
+
+    teacher, card = load(name)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    engine = Engine(teacher, PRESETS.get(preset)(), device="cpu", seed=seed)
+    res = NTLRobustnessProbe(NTLConfig(seed=seed, evidence=False)).run(teacher, engine)
+    d = {k: v for k, v in res.details.items() if k not in ("profile",)}
+    return {"teacher": name, "kind": kind_of(card), "seed": seed, "score": res.score, "flagged": res.flagged,
+            "threshold": res.threshold, "seconds": time.perf_counter() - t0, "passes": res.budget.teacher_passes,
+            "features": d}
+
+
+def suite_detect(args: argparse.Namespace) -> None:
+    names = args.teachers.split(",") if args.teachers else zoo_names()
+    rows = []
+    prev = {(r["teacher"], r["seed"]): r for r in (json.loads((RESULTS / "detect.json").read_text())
+                                                    if (RESULTS / "detect.json").exists() and args.reuse else [])}
+    for name in names:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            r = prev.get((name, seed)) or run_probe(name, seed, args.preset)
+            rows.append(r)
+            print(f"{name} seed {seed}: score {r['score']:.3f} flagged {r['flagged']} {r['seconds']:.1f}s", flush=True)
+            save_json("detect", rows)
+    pos = [r["score"] for r in rows if r["kind"].startswith("ntl")]
+    neg = [r["score"] for r in rows if not r["kind"].startswith("ntl")]
+    clean_flagged = [r["teacher"] for r in rows if r["kind"] == "clean" and r["flagged"]]
+    lines = ["| teacher | kind | seed | score | flagged | robust share | tail share | growth | collapse class (share) | s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = r["features"]
+        lines.append(f"| {r['teacher']} | {r['kind']} | {r['seed']} | {r['score']:.3f} | {'yes' if r['flagged'] else 'no'} | "
+                     f"{f['robust_share']:.2f} | {f['tail_share']:.2f} | {f['growth'] if f['growth'] is None else round(f['growth'], 2)} | "
+                     f"{f['collapse_class']} ({f['collapse_share']:.2f}) | {r['seconds']:.1f} |")
+    body = (header(" ".join(["python benchmarks/suite_ntl.py"] + sys.argv[1:])) +
+            f"\nAUROC (NTL vs clean + backdoored): **{auroc(pos, neg):.3f}** over {len(pos)} NTL and {len(neg)} other "
+            f"runs; clean teachers flagged at the default threshold: {len(clean_flagged)} {clean_flagged or ''}. "
+            f"Median probe time {np.median([r['seconds'] for r in rows]):.1f} s.\n\n" + "\n".join(lines))
+    write_section("NTL detection", body)
+
+
+def suite_defense(args: argparse.Namespace) -> None:
+    from teacher_audit.data import load_dataset
+    from teacher_audit.defenses import DEFENSES
+    from teacher_audit.synth import PRESETS, Engine
+
+    names = args.teachers.split(",") if args.teachers else [n for n in zoo_names()
+                                                             if kind_of(load(n)[1]) in ("clean", "ntl_target", "ntl_watermark")]
+    rows = []
+    for name in names:
+        teacher, card = load(name)
+        desc = (card.get("ground_truth") or {}).get("ood")
+        data = load_dataset("fashion-mnist", "test", spec=teacher.spec, limit=args.n)
+        xo = ood_transform(desc)(data.x) if desc else None
+
+        def acc(model: torch.nn.Module, x: torch.Tensor) -> float:
+            with torch.no_grad():
+                return float((model(x).argmax(1) == data.y).float().mean())
+
+        def agree_ood(model: torch.nn.Module) -> float | None:
+            if xo is None:
+                return None
+            with torch.no_grad():
+                t = teacher.model(xo).argmax(1)
+                wrong = t != data.y  # the teacher's misleading OOD labels
+                return float((model(xo).argmax(1)[wrong] == t[wrong]).float().mean()) if wrong.any() else None
+
+        row: dict[str, Any] = {"teacher": name, "kind": kind_of(card), "teacher_id": acc(teacher.model, data.x),
+                               "teacher_ood": acc(teacher.model, xo) if xo is not None else None}
+        for defense in ("none", "atesc"):
+            torch.manual_seed(0)
+            engine = Engine(teacher, PRESETS.get(args.preset)(), device="cpu", seed=0)
+            hooks = DEFENSES.get(defense)(teacher, engine)
+            t0 = time.perf_counter()
+            res = engine.run(budget_passes=args.budget, hooks=hooks, progress=False)
+            s = res.student
+            row[f"{defense}_id"] = acc(s, data.x)
+            row[f"{defense}_ood"] = acc(s, xo) if xo is not None else None
+            row[f"{defense}_agree_ood"] = agree_ood(s)
+            row[f"{defense}_seconds"] = time.perf_counter() - t0
+            if defense == "atesc":
+                st = hooks[0].stats  # type: ignore[attr-defined]
+                row["atesc_robust_share"] = float(np.mean([x["robust_share"] for x in st])) if st else 0.0
+        rows.append(row)
+        print(row, flush=True)
+        save_json("defense", rows)
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    lines = ["| teacher | kind | teacher ID/OOD | DFKD student ID/OOD | DFKD agree w/ misleading OOD | "
+             "ATEsc student ID/OOD | ATEsc agree w/ misleading OOD | ATEsc robust share |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['teacher']} | {r['kind']} | {pct(r['teacher_id'])}/{pct(r['teacher_ood'])} | "
+                     f"{pct(r['none_id'])}/{pct(r['none_ood'])} | {pct(r['none_agree_ood'])} | "
+                     f"{pct(r['atesc_id'])}/{pct(r['atesc_ood'])} | {pct(r['atesc_agree_ood'])} | "
+                     f"{r['atesc_robust_share']:.2f} |")
+    body = (header(" ".join(["python benchmarks/suite_ntl.py"] + sys.argv[1:])) +
+            f"\nPreset `{args.preset}`, budget {args.budget} teacher passes per run (ATEsc's PGD passes count "
+            f"against the same budget), first {args.n} Fashion-MNIST test images; OOD = the NTL teacher's own "
+            "domain; 'agree' = share of OOD images the teacher gets wrong on which the student copies the "
+            "teacher's wrong label.\n\n" + "\n".join(lines))
+    write_section("ATEsc defense", body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("suite", choices=["asym", "detect", "defense"])
+    ap.add_argument("--teachers", default="")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--budget", type=int, default=20000)
+    ap.add_argument("--preset", default="dfq")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reuse", action="store_true", help="reuse rows of an earlier detect run")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    {"asym": suite_asym, "detect": suite_detect, "defense": suite_defense}[args.suite](args)
+
+
+if __name__ == "__main__":
+    main()
