@@ -72,7 +72,8 @@ def image_grid_png(batch: Any, *, value_range: tuple[float, float] = (0.0, 1.0),
     n = arr.shape[0]
     cols = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + (0.3 if title else 0)), squeeze=False)
+    cell_h = 1.1 + (0.25 if labels is not None else 0.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, cell_h * rows + (0.3 if title else 0)), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i < n:

@@ -30,10 +30,17 @@ def _data_uri(png: bytes | None) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _value(v: object, limit: int = 300) -> str:
+    """A table cell: floats with 6 significant digits, everything else as clean text."""
+    if isinstance(v, float):
+        return fmt_num(v, 6)
+    return clean(v, limit)
+
+
 def _env() -> Environment:
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(clean=clean, num=fmt_num, size=fmt_size, data_uri=_data_uri)
+    env.filters.update(clean=clean, num=fmt_num, size=fmt_size, data_uri=_data_uri, val=_value)
     env.globals.update(VERDICT_LABEL=VERDICT_LABEL, probe_state=probe_state, spec_line=spec_line,
                        CSP=Markup(CSP))  # constant, ours: kept literal
     return env
