@@ -275,6 +275,9 @@ def _load(p: Path, opts: LoadOptions, intake: IntakeResult) -> Teacher:
     if sn.format in PICKLE_FORMATS:
         report = pickle_scan.scan_file(p, sn.format.value, opts.allow_globals)
         intake.pickle = report.to_model()
+        unused = sorted(set(opts.allow_globals) - set(report.globals_found))
+        if unused:
+            intake.notes.append("--allow-global given but not imported by the file: " + ", ".join(unused[:8]))
         if report.nested:
             intake.notes.append("pickles nested as bytes inside the file were scanned: " + ", ".join(report.nested[:5]))
         if sn.format != Format.TORCHSCRIPT:
