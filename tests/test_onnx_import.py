@@ -180,3 +180,43 @@ def test_garbage_is_corrupt_input(tmp_path: Path, content: bytes) -> None:
     with pytest.raises(CorruptInput) as exc:
         load_onnx(p)
     assert "\n" not in str(exc.value)
+
+
+def test_structured_graph_mutations_fail_cleanly(exports: dict, tmp_path: Path) -> None:
+    """Mutated graphs (attributes, operators, wiring, input dims) load or fail with one AuditError line."""
+    import copy
+    import random
+
+    from teacher_audit.errors import AuditError
+    from teacher_audit.intake.onnx_ops import ONNX_OPS
+
+    rng = random.Random(0)
+    base = onnx.load(str(exports[("smallcnn", False)][1]))
+    ops = ONNX_OPS.names()
+    outcomes = []
+    for k in range(30):
+        model = copy.deepcopy(base)
+        g = model.graph
+        node = rng.choice(list(g.node))
+        r = rng.random()
+        if r < 0.3 and node.attribute:
+            attr = rng.choice(list(node.attribute))
+            if attr.ints:
+                attr.ints[rng.randrange(len(attr.ints))] = rng.choice([-3, 0, 2, 7, 10**6])
+            else:
+                attr.i = rng.choice([-1, 0, 5, 10**6])
+        elif r < 0.6:
+            node.op_type = rng.choice(ops)
+        elif r < 0.8 and node.input:
+            node.input[0] = rng.choice([o for n in g.node for o in n.output])
+        else:
+            g.input[0].type.tensor_type.shape.dim[rng.randrange(4)].dim_value = rng.choice([0, 2, 5, 10**5])
+        path = tmp_path / f"m{k}.onnx"
+        onnx.save_model(model, str(path))
+        try:
+            load_onnx(path, parity_trials=1)
+            outcomes.append("ok")
+        except AuditError as exc:
+            assert "\n" not in str(exc) and str(exc)
+            outcomes.append(type(exc).__name__)
+    assert len(set(outcomes)) >= 2  # the mutations really reach different outcomes
