@@ -168,3 +168,25 @@ def test_usage_errors(bench, tmp_path, capsys):
     typo.write_text('[policy]\nname="x"\n[probes.no_such_probe]\nenabled=true\n')
     code, _, err = run(["scan", str(bench["clean"]), "--rules", str(typo)], capsys)
     assert code == 4 and "unknown probe(s) no_such_probe" in err
+
+
+def test_policy_extra_pickle_globals_reach_intake(tmp_path, capsys):
+    """[pickle] extra_allowed_globals widens intake's allowlist (and is recorded); without it: refused."""
+    import datetime as _d
+
+    from safetensors.torch import load_file
+
+    src = make_teacher_file(tmp_path, "t.safetensors")
+    ckpt = tmp_path / "with_date.pt"
+    torch.save({"state_dict": load_file(str(src)), "saved": _d.date(2020, 1, 1)}, ckpt)
+    Path(str(ckpt) + ".card.json").write_text(Path(str(src) + ".card.json").read_text())
+    strict = rules_only(tmp_path, [TEST_PROBE], name="strict")
+    code, _, _ = run(["scan", str(ckpt), "--rules", str(strict), "-q", "--json", str(tmp_path / "a.json")], capsys)
+    assert code == 3 and "datetime.date" in json.loads((tmp_path / "a.json").read_text())["refused_globals"]
+    widened = rules_only(tmp_path, [TEST_PROBE], name="widened")
+    widened.write_text(widened.read_text() + '\n[pickle]\nextra_allowed_globals = ["datetime.date", "_codecs.encode"]\n')
+    code, _, err = run(["scan", str(ckpt), "--rules", str(widened), "-q", "--json", str(tmp_path / "b.json")], capsys)
+    rep = json.loads((tmp_path / "b.json").read_text())
+    assert code == 0, err
+    assert rep["policy"]["extra_allowed_globals"] == ["datetime.date", "_codecs.encode"]
+    assert "datetime.date" in rep["intake"]["pickle"]["globals_found"]
