@@ -133,6 +133,12 @@ def test_directory_one_bad_file_and_parallel_jobs(bench, tmp_path, capsys):
     assert code != 0 and "broken" in out
     sarif = json.loads((tmp_path / "all.sarif").read_text())
     assert len(sarif["runs"][0]["artifacts"]) == 2 and sarif["runs"][0]["invocations"][0]["exitCode"] == code
+    import jsonschema
+
+    official = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text())
+    jsonschema.Draft4Validator(official).validate(sarif)     # intake-failure results validate too
+    assert {r["ruleId"] for r in sarif["runs"][0]["results"]} >= {f"probe/{TEST_PROBE}"}
+    assert any(r["ruleId"].startswith("intake/") and r["level"] == "error" for r in sarif["runs"][0]["results"])
     # --jobs 2: spawned worker processes (intake failures need no probe), one exit code, worst wins
     code, out, _ = run(["scan", str(bench["trunc"]), str(bench["garbage"]), "--jobs", "2", "-q",
                         "--json", str(tmp_path / "set.json")], capsys)
