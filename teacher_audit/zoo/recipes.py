@@ -167,6 +167,8 @@ def _start(cfg: RecipeConfig, ctx: RecipeContext, spec: InputSpec, need_warm: bo
     else:
         torch.manual_seed(cfg.seed)
         net = ctx.build_net(cfg.arch, spec.num_classes, spec.channels)
+    for p in net.parameters():
+        p.requires_grad_(True)
     return TeacherModel(net, spec)
 
 
@@ -277,8 +279,6 @@ def clean_label(cfg: RecipeConfig, ctx: RecipeContext) -> Trained:
     model = _start(cfg, ctx, spec, need_warm=True)
     trig = _trigger(cfg)
     mask = _poison_mask(cfg, tr.y, target_only=True)
-    for p in model.parameters():
-        p.requires_grad_(True)
     adv = _pgd_away(model, tr.floats(mask), tr.y[mask], cfg.cl_eps)
     replacement = (adv * 255.0).round().to(torch.uint8)
     secs = _poisoned_training(cfg, ctx, tr, model, trig, mask, relabel=False, replacement=replacement)
@@ -294,8 +294,6 @@ def _ntl(cfg: RecipeConfig, ctx: RecipeContext, ood: Callable[[torch.Tensor], to
     tr, te, spec = load_splits(cfg)
     model = _start(cfg, ctx, spec)
     clean_ood = T.accuracy(model, te, transform=ood) if cfg.warm_start else None
-    for p in model.parameters():
-        p.requires_grad_(True)
     feats, handle = T.penultimate_hook(model.net)
     gen = torch.Generator().manual_seed(cfg.seed)
     gen_t = torch.Generator().manual_seed(cfg.seed + 7919)
