@@ -159,13 +159,20 @@ def _configure(cls: type, name: str, policy: Policy, options: ScanOptions, remai
 
 
 def check_policy_probes(policy: Policy) -> None:
-    """Reject per-probe rules for probes that are not registered (catches typos before any work)."""
+    """Reject per-probe rules for unregistered probes or unknown Config fields (typos) before any work."""
     from teacher_audit.probes import PROBES
 
     unknown = sorted(set(policy.probes) - set(PROBES.names()))
     if unknown:
         known = ", ".join(PROBES.names()) or "(none installed)"
         raise UsageError(f"rules {policy.source}: unknown probe(s) {', '.join(unknown)}; installed: {known}")
+    for name, rule in policy.probes.items():
+        cfg = PROBES.get(name).Config()
+        for key in rule.options:
+            if not hasattr(cfg, key):
+                raise UsageError(f"rules {policy.source}: probe {name} has no option {key!r}")
+        if rule.threshold is not None and not hasattr(cfg, "threshold"):
+            raise UsageError(f"rules {policy.source}: probe {name} has no threshold option")
 
 
 def _run_probes(teacher: Any, engine: Any, policy: Policy, options: ScanOptions, deadline: float | None,

@@ -195,3 +195,27 @@ def test_policy_extra_pickle_globals_reach_intake(tmp_path, capsys):
     assert code == 0, err
     assert rep["policy"]["extra_allowed_globals"] == ["datetime.date", "_codecs.encode"]
     assert "datetime.date" in rep["intake"]["pickle"]["globals_found"]
+
+
+def test_per_probe_overrides_from_rules(bench, tmp_path):
+    """threshold / severity / options from [probes.<name>] reach the probe and the verdict."""
+    from teacher_audit.errors import UsageError
+    from teacher_audit.scan import ScanOptions, scan_file
+
+    def rules_with(extra: str, name: str) -> str:
+        path = rules_only(tmp_path, [TEST_PROBE], name=name)
+        text = path.read_text().replace(f"[probes.{TEST_PROBE}]\nenabled = true\n",
+                                        f"[probes.{TEST_PROBE}]\nenabled = true\n{extra}\n")
+        path.write_text(text)
+        return str(path)
+
+    base = scan_file(bench["rigged"], ScanOptions(rules=rules_with("", "base")))
+    assert base.verdict.status == "fail" and base.probes[0].threshold == 50.0
+    high_thr = scan_file(bench["rigged"], ScanOptions(rules=rules_with("threshold = 1e9", "thr")))
+    assert high_thr.probes[0].threshold == 1e9 and not high_thr.probes[0].flagged and high_thr.verdict.status == "pass"
+    sev = scan_file(bench["rigged"], ScanOptions(rules=rules_with('severity = "medium"\noptions = { n = 4 }', "sev")))
+    assert sev.probes[0].flagged and sev.probes[0].severity.value == "medium"
+    assert sev.verdict.status == "pass" and "below fail level" in sev.verdict.reasons[0]
+    assert sev.probes[0].budget.teacher_passes == 4                      # options.n reached the Config
+    with pytest.raises(UsageError, match="has no option 'nope'"):
+        scan_file(bench["rigged"], ScanOptions(rules=rules_with("options = { nope = 1 }", "bad")))
