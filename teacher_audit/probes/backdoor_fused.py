@@ -70,7 +70,7 @@ class FusedConfig:
     inversion: InversionConfig = field(default_factory=InversionConfig)
     shuffle: ShuffleConfig = field(default_factory=ShuffleConfig)
     components: tuple[str, ...] = ("backdoor_margin", "backdoor_inversion", "backdoor_shuffle")
-    samples: int = 128
+    samples: int = 96
     synth_steps: int | None = None
     threshold: float | None = None
     calibration: dict[str, Any] | None = None

@@ -16,8 +16,8 @@ Threat assumption: all-to-one backdoor whose trigger can be stamped by a mask + 
 grid, Trojan, and — with a large faint mask — blend/SIG). No BN prior is needed.
 
 Options (``InversionConfig``): ``samples`` synthetic samples (default 96), ``per_target`` samples
-of other classes used per target (16), ``steps`` (60), ``lr`` (0.1), ``flip_goal`` (0.8),
-``lambda0`` (initial mask weight), ``synth_steps`` generator steps before sampling,
+of other classes used per target (8), ``steps`` (60), ``lr`` (0.2), ``flip_goal`` (0.8),
+``lambda0`` (initial mask weight, 3.0), ``mask_init`` (initial mask logit, -4), ``synth_steps`` generator steps before sampling,
 ``limit_seconds``, ``seed``.
 
 Output: ``score`` = anomaly index (median - min)/(1.4826 MAD) of the per-class norms (Neural
@@ -46,11 +46,12 @@ class InversionConfig:
     """Budget and options of the trigger-inversion probe (see module docstring)."""
 
     samples: int = 96
-    per_target: int = 16
+    per_target: int = 8
     steps: int = 60
-    lr: float = 0.1
+    lr: float = 0.2
     flip_goal: float = 0.8
-    lambda0: float = 0.5
+    lambda0: float = 3.0
+    mask_init: float = -4.0
     synth_steps: int | None = None
     threshold: float = 2.0
     limit_seconds: float | None = 20.0
@@ -95,7 +96,7 @@ def invert_triggers(teacher: Teacher, x: torch.Tensor, cfg: InversionConfig, clo
     idx = pick_per_target(labels, k, cfg.per_target, g)
     xs = x[idx.flatten().to(dev)]                              # (k*n, c, h, w)
     tgt = torch.arange(k, device=dev).repeat_interleave(cfg.per_target)
-    m_raw = torch.full((k, 1, h, w), -2.0, device=dev, requires_grad=True)
+    m_raw = torch.full((k, 1, h, w), cfg.mask_init, device=dev, requires_grad=True)
     p_raw = (torch.randn((k, c, h, w), generator=g) * 0.5).to(dev).requires_grad_(True)
     opt = torch.optim.Adam([m_raw, p_raw], lr=cfg.lr)
     lam = torch.full((k,), cfg.lambda0, device=dev)

@@ -11,8 +11,8 @@ distribution is fitted to the ``r`` of all classes but the largest; the p-value 
 Threat assumption: all-to-one backdoor (one target class), any trigger type. Data-free: uses no
 samples at all (random starts), no BN statistics, so it works on ONNX exports with BN folded away.
 
-Options (``MarginConfig``): ``starts`` random starts per class (MM-BD uses 30; default 6 to fit the
-CPU budget), ``steps`` ascent steps (default 80; MM-BD <= 300), ``lr`` (Adam, in raw pixel units
+Options (``MarginConfig``): ``starts`` random starts per class (MM-BD uses 30; default 4 to fit the
+CPU budget), ``steps`` ascent steps (default 60; MM-BD <= 300), ``lr`` (Adam, in raw pixel units
 relative to the range), ``alpha`` p-value level for the probe's own verdict (0.05),
 ``limit_seconds`` wall-clock cap (the ascent stops early and says so), ``seed``.
 
@@ -48,8 +48,8 @@ from teacher_audit.teacher import Teacher
 class MarginConfig:
     """Budget and options of the max-margin probe (see module docstring)."""
 
-    starts: int = 6
-    steps: int = 80
+    starts: int = 4
+    steps: int = 60
     lr: float = 0.05
     alpha: float = 0.05
     limit_seconds: float | None = 20.0

@@ -1,0 +1,216 @@
+"""Backdoor detection suite: run the fused backdoor probe over the zoo, calibrate, report AUROC.
+
+Usage (from the repo root)::
+
+    .venv/bin/python benchmarks/suite_backdoor.py [--zoo zoo-cache] [--calibrate] [--write-docs]
+
+For every ``*.safetensors`` teacher with a ``.card.json`` in the zoo directory, the fused backdoor
+probe runs once (all components, default budgets, seed 0); raw component scores are cached in
+``<zoo>/backdoor_scores.json`` (keyed by file SHA-256 and probe config, so re-runs only score new
+teachers). Then:
+
+* ``--calibrate`` standardises each component on the CLEAN teachers (kind ``clean``), sets the fused
+  threshold to the largest clean fused score plus ``margin``, and rewrites the ``CALIBRATION`` block
+  in ``teacher_audit/probes/backdoor_fused.py``;
+* AUROC of the fused score and of every component (positives: ``backdoor``, ``clean_label`` and
+  ``ntl_backdoor`` kinds; negatives: ``clean`` and the NTL kinds), the share of clean teachers
+  flagged, the target-class accuracy on backdoored teachers and the seconds per teacher are printed
+  and, with ``--write-docs``, written to ``docs/benchmarks.md`` under ``## Backdoor detection``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import platform
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from teacher_audit.probes.backdoor_fused import CALIBRATION, FusedBackdoorProbe, FusedConfig, fuse  # noqa: E402
+from teacher_audit.report.model import ProbeResult  # noqa: E402
+
+POSITIVE = {"backdoor", "clean_label", "ntl_backdoor"}
+COMPONENTS = ("backdoor_margin", "backdoor_inversion", "backdoor_shuffle")
+
+
+def config_key(cfg: FusedConfig) -> str:
+    return hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def score_teacher(path: Path, cfg: FusedConfig, preset: str) -> dict[str, Any]:
+    """Load one zoo teacher and run the fused probe; return raw component scores and ground truth."""
+    from teacher_audit.intake.load import LoadOptions, load_teacher
+    from teacher_audit.synth import PRESETS, Engine
+
+    teacher, _intake = load_teacher(path, LoadOptions(device="cpu"))
+    card = json.loads(Path(str(path) + ".card.json").read_text())
+    gt = card.get("ground_truth") or {}
+    engine = Engine(teacher, PRESETS.get(preset)(), device="cpu", seed=cfg.seed)
+    t0 = time.perf_counter()
+    res = FusedBackdoorProbe(cfg).run(teacher, engine)
+    sec = time.perf_counter() - t0
+    comps = res.details.get("components", {})
+    return {
+        "name": path.name.removesuffix(".safetensors"), "kind": gt.get("kind", "unknown"),
+        "target": gt.get("target"), "arch": card.get("arch"), "trigger": (gt.get("trigger") or {}).get("name"),
+        "seconds": sec, "passes": res.budget.teacher_passes,
+        "components": {n: {"score": c.get("score"), "target": c.get("target_class"), "status": c.get("status"),
+                           "seconds": c.get("seconds"), "details": c.get("details")} for n, c in comps.items()},
+    }
+
+
+def auroc(pos: list[float], neg: list[float]) -> float:
+    """Probability a positive scores above a negative (ties count half)."""
+    if not pos or not neg:
+        return float("nan")
+    p, n = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
+    return float((p > n).mean() + 0.5 * (p == n).mean())
+
+
+def as_results(row: dict[str, Any]) -> dict[str, ProbeResult]:
+    return {n: ProbeResult(probe=n, threat="backdoor", status=c["status"] or "error", score=c["score"],
+                           target_class=c["target"]) for n, c in row["components"].items()}
+
+
+def calibrate(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
+    """Per-component clean mean/sd and the fused threshold (max clean fused + margin)."""
+    clean = [r for r in rows if r["kind"] == "clean"]
+    comps: dict[str, dict[str, float]] = {}
+    for n in COMPONENTS:
+        v = np.array([r["components"][n]["score"] for r in clean if r["components"].get(n, {}).get("score") is not None])
+        if len(v):
+            comps[n] = {"mean": round(float(v.mean()), 4), "sd": round(max(float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                                                                         0.25 * abs(float(v.mean())), 0.1), 4)}
+    calib = {"components": comps, "threshold": 0.0, "margin": margin, "n_clean": len(clean),
+             "source": f"benchmarks/suite_backdoor.py --calibrate on {len(clean)} clean zoo teachers, "
+                       f"{datetime.now(timezone.utc).date()}"}
+    fused_clean = [fuse(as_results(r), calib)[0] for r in clean]
+    calib["threshold"] = round(max(fused_clean) + margin, 4) if fused_clean else 3.0
+    return calib
+
+
+def write_calibration(calib: dict[str, Any]) -> None:
+    path = ROOT / "teacher_audit/probes/backdoor_fused.py"
+    text = path.read_text()
+    block = "CALIBRATION: dict[str, Any] = " + json.dumps(calib, indent=4) + "\n"
+    new = re.sub(r"CALIBRATION: dict\[str, Any\] = \{.*?\n\}\n", lambda _m: block, text, count=1, flags=re.S)
+    path.write_text(new)
+
+
+def evaluate(rows: list[dict[str, Any]], calib: dict[str, Any]) -> dict[str, Any]:
+    pos = [r for r in rows if r["kind"] in POSITIVE]
+    neg = [r for r in rows if r["kind"] not in POSITIVE]
+    fused = {r["name"]: fuse(as_results(r), calib) for r in rows}
+    out: dict[str, Any] = {"n_pos": len(pos), "n_neg": len(neg), "threshold": calib["threshold"]}
+    out["auroc_fused"] = auroc([fused[r["name"]][0] for r in pos], [fused[r["name"]][0] for r in neg])
+    for n in COMPONENTS:
+        out[f"auroc_{n}"] = auroc([r["components"][n]["score"] for r in pos if r["components"].get(n, {}).get("score") is not None],
+                                  [r["components"][n]["score"] for r in neg if r["components"].get(n, {}).get("score") is not None])
+    out["clean_flagged"] = sum(fused[r["name"]][0] > calib["threshold"] for r in rows if r["kind"] == "clean")
+    out["neg_flagged"] = sum(fused[r["name"]][0] > calib["threshold"] for r in neg)
+    out["pos_flagged"] = sum(fused[r["name"]][0] > calib["threshold"] for r in pos)
+    out["target_right"] = sum(fused[r["name"]][1] == r["target"] for r in pos)
+    out["seconds_median"] = float(np.median([r["seconds"] for r in rows])) if rows else float("nan")
+    out["per_teacher"] = [{"name": r["name"], "kind": r["kind"], "trigger": r["trigger"], "target": r["target"],
+                           "fused": round(fused[r["name"]][0], 2), "suspected": fused[r["name"]][1],
+                           **{n.removeprefix("backdoor_"): (None if r["components"][n]["score"] is None else
+                                                            round(r["components"][n]["score"], 2))
+                              for n in COMPONENTS if n in r["components"]},
+                           "seconds": round(r["seconds"], 1)} for r in rows]
+    return out
+
+
+def markdown(ev: dict[str, Any], cmd: str) -> str:
+    lines = ["## Backdoor detection", "",
+             f"Command: `{cmd}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, 2-core CPU "
+             f"({platform.machine()}), shared with other jobs (times are upper bounds).", "",
+             f"Zoo: {ev['n_pos']} backdoored teachers vs {ev['n_neg']} clean + NTL teachers. Calibration: "
+             f"clean teachers only, threshold = max clean fused z + margin = {ev['threshold']:.2f} "
+             "(in-sample: the same clean teachers set the threshold and are counted below).", "",
+             "| metric | value |", "|---|---|",
+             f"| AUROC fused | {ev['auroc_fused']:.3f} |"]
+    for n in COMPONENTS:
+        lines.append(f"| AUROC {n} (own score) | {ev['auroc_' + n]:.3f} |")
+    lines += [f"| clean teachers flagged at default threshold | {ev['clean_flagged']} |",
+              f"| NTL/clean (negatives) flagged | {ev['neg_flagged']} / {ev['n_neg']} |",
+              f"| backdoored flagged | {ev['pos_flagged']} / {ev['n_pos']} |",
+              f"| suspected target right (backdoored) | {ev['target_right']} / {ev['n_pos']} |",
+              f"| median seconds per teacher (fused probe incl. synthesis) | {ev['seconds_median']:.1f} |", "",
+              "| teacher | kind | trigger | target | fused z | suspected | margin | inversion | shuffle | s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in ev["per_teacher"]:
+        lines.append(f"| {r['name']} | {r['kind']} | {r['trigger'] or ''} | {r['target'] if r['target'] is not None else ''} "
+                     f"| {r['fused']} | {r['suspected']} | {r.get('margin')} | {r.get('inversion')} | "
+                     f"{r.get('shuffle')} | {r['seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(section: str, heading: str = "## Backdoor detection") -> None:
+    path = ROOT / "docs/benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _m: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    from teacher_audit.atomic import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", default=str(ROOT / "zoo-cache"))
+    ap.add_argument("--preset", default="dfq")
+    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--margin", type=float, default=0.5)
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--only", default="", help="substring filter on teacher names")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    zoo = Path(args.zoo)
+    cfg = FusedConfig()
+    key = config_key(cfg) + ":" + args.preset
+    cache_path = zoo / "backdoor_scores.json"
+    cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    rows = []
+    for path in sorted(zoo.glob("*.safetensors")):
+        if args.only and args.only not in path.name or not Path(str(path) + ".card.json").exists():
+            continue
+        ck = file_sha(path) + ":" + key
+        if ck not in cache:
+            print(f"scoring {path.name} ...", file=sys.stderr, flush=True)
+            cache[ck] = score_teacher(path, cfg, args.preset)
+            from teacher_audit.atomic import atomic_write_text
+
+            atomic_write_text(cache_path, json.dumps(cache, indent=1))
+        rows.append(cache[ck])
+    calib = calibrate(rows, args.margin) if args.calibrate else CALIBRATION
+    if args.calibrate:
+        write_calibration(calib)
+        print("calibration:", json.dumps(calib), file=sys.stderr)
+    ev = evaluate(rows, calib)
+    cmd = "python benchmarks/suite_backdoor.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    md = markdown(ev, cmd.strip())
+    print(md)
+    if args.write_docs:
+        write_docs(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

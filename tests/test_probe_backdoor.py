@@ -1,0 +1,87 @@
+"""Backdoor probes: each separates a tiny backdoored teacher from a tiny clean one trained here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from teacher_audit.probes import PROBES
+from teacher_audit.probes.backdoor_fused import FusedBackdoorProbe, FusedConfig
+from teacher_audit.probes.backdoor_inversion import InversionConfig, InversionProbe
+from teacher_audit.probes.backdoor_margin import MarginConfig, MarginProbe, gamma_pvalue
+from teacher_audit.probes.backdoor_shuffle import ShuffleConfig, ShuffleProbe
+from teacher_audit.report.model import ProbeResult
+
+TARGET = 3
+
+
+@pytest.fixture(scope="module")
+def pair():
+    from teacher_audit.zoo.tiny import train_tiny
+
+    bd, clean = train_tiny("backdoor", trigger={"name": "badnets_square"}, target=TARGET, steps=150,
+                           return_clean=True)
+    assert bd.meta["ground_truth"]["asr"] > 0.8
+    return bd, clean
+
+
+@pytest.fixture(scope="module")
+def samples(pair):
+    from teacher_audit.probes.backdoor_common import Clock, class_conditional
+
+    return [class_conditional(t, 80, 20, 0, Clock()) for t in pair]
+
+
+def test_registered():
+    for name in ("backdoor", "backdoor_margin", "backdoor_inversion", "backdoor_shuffle"):
+        assert name in PROBES
+    assert PROBES.meta("backdoor")["default"] is True
+    assert PROBES.meta("backdoor_margin")["default"] is False
+
+
+def test_gamma_pvalue_small_only_for_an_outlier():
+    base = [10.0, 12.0, 9.0, 11.0, 10.5, 13.0, 9.5, 11.5, 10.2]
+    assert gamma_pvalue(torch.tensor(base + [60.0]).numpy()) < 1e-3
+    assert gamma_pvalue(torch.tensor(base + [13.5]).numpy()) > 0.05
+
+
+def test_margin_probe_separates(pair):
+    bd, clean = pair
+    cfg = MarginConfig(starts=4, steps=40, limit_seconds=None)
+    rb, rc = MarginProbe(cfg).run(bd), MarginProbe(cfg).run(clean)
+    assert isinstance(rb, ProbeResult) and rb.status == "ok"
+    assert rb.target_class == TARGET
+    assert rb.score > rc.score
+    assert rb.evidence and rb.evidence[0].png[:4] == b"\x89PNG"
+
+
+def test_inversion_probe_separates(pair, samples):
+    bd, clean = pair
+    cfg = InversionConfig(per_target=12, steps=40, limit_seconds=None)
+    rb = InversionProbe(cfg).run(bd, None, samples=samples[0])
+    rc = InversionProbe(cfg).run(clean, None, samples=samples[1])
+    assert rb.target_class == TARGET
+    assert rb.details["mask_norms"][TARGET] < min(rc.details["mask_norms"])
+    assert rb.score > rc.score
+    assert {e.name for e in rb.evidence} == {"inverted_trigger", "stamped_samples"}
+
+
+def test_shuffle_probe_separates(pair, samples):
+    bd, clean = pair
+    cfg = ShuffleConfig(n_layers=2)
+    rb = ShuffleProbe(cfg).run(bd, None, samples=samples[0])
+    rc = ShuffleProbe(cfg).run(clean, None, samples=samples[1])
+    assert rb.status == "ok" and rb.details["shuffled_layers"]
+    assert rb.score > rc.score
+
+
+def test_fused_probe_flags_backdoor_not_clean(pair):
+    bd, clean = pair
+    cfg = FusedConfig(margin=MarginConfig(starts=4, steps=40, limit_seconds=None),
+                      inversion=InversionConfig(per_target=12, steps=40, limit_seconds=None),
+                      shuffle=ShuffleConfig(n_layers=2), samples=80, synth_steps=20)
+    rb, rc = FusedBackdoorProbe(cfg).run(bd), FusedBackdoorProbe(cfg).run(clean)
+    assert rb.score > rc.score
+    assert rb.details["suspected_target_any"] == TARGET
+    assert set(rb.details["components"]) == {"backdoor_margin", "backdoor_inversion", "backdoor_shuffle"}
+    assert rb.budget.teacher_passes > 0
