@@ -423,7 +423,8 @@ def scan_many(paths: Iterable[str | os.PathLike[str]], options: ScanOptions | No
     else:
         # callbacks do not cross process boundaries: workers use the default engine and no probe progress
         options = replace(options, engine_factory=None, on_probe=None)
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_worker_init) as ex:
+        ex = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_worker_init)
+        try:
             futs = {ex.submit(_worker, f, options): f for f in files}
             for fut in as_completed(futs):
                 f = futs[fut]
@@ -435,6 +436,11 @@ def scan_many(paths: Iterable[str | os.PathLike[str]], options: ScanOptions | No
                     reports[f] = _error_report(f, options, exc)
                 if on_report:
                     on_report(reports[f])
+        except BaseException:
+            # Ctrl-C or a usage error: drop queued files, do not wait for running ones
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+        ex.shutdown(wait=True)
     ordered = [reports[f] for f in files]
     return ScanSet(verdict=combine([r.verdict for r in ordered]), reports=ordered)
 
