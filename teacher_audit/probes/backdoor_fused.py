@@ -19,7 +19,8 @@ Threat assumption: all-to-one backdoor; any architecture; no data; no BN prior.
 Options (``FusedConfig``): one config per component (``margin``, ``inversion``, ``shuffle``), the
 shared synthetic sample count ``samples`` and generator steps ``synth_steps``, ``components`` to
 run, ``threshold`` (None = calibrated default), ``calibration`` (None = built-in constants),
-``seed``.
+``budget_seconds`` (overall cap set by ``scan``; shared out over the remaining components, each
+also keeps its own ``limit_seconds``), ``seed`` (propagated to every component).
 
 Output: ``score`` = fused z, ``threshold``, ``flagged``, ``severity`` (HIGH when flagged, CRITICAL at
 twice the threshold, LOW when only one component exceeds its own threshold), ``target_class``,
@@ -28,6 +29,7 @@ details with every component's score, z, target and summary, and the components'
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +76,7 @@ class FusedConfig:
     synth_steps: int | None = None
     threshold: float | None = None
     calibration: dict[str, Any] | None = None
+    budget_seconds: float | None = None
     seed: int = 0
 
 
@@ -119,10 +122,14 @@ class FusedBackdoorProbe(Probe):
         x, source = (synthetic_samples(teacher, engine, cfg.samples, cfg.synth_steps, cfg.seed, clock)
                      if need_samples else (None, "none"))
         results: dict[str, ProbeResult] = {}
-        for name in cfg.components:
+        for i, name in enumerate(cfg.components):
             probe_cls = _COMPONENTS[name]
-            sub = {"backdoor_margin": cfg.margin, "backdoor_inversion": cfg.inversion,
-                   "backdoor_shuffle": cfg.shuffle}[name]
+            sub = copy.copy({"backdoor_margin": cfg.margin, "backdoor_inversion": cfg.inversion,
+                             "backdoor_shuffle": cfg.shuffle}[name])
+            sub.seed = cfg.seed
+            if cfg.budget_seconds is not None:
+                share = max(0.5, (cfg.budget_seconds - clock.seconds) / (len(cfg.components) - i))
+                sub.limit_seconds = share if sub.limit_seconds is None else min(sub.limit_seconds, share)
             probe = probe_cls(sub)
             try:
                 results[name] = probe.run(teacher, engine) if name == "backdoor_margin" else \
