@@ -424,7 +424,8 @@ class Engine:
                     save_checkpoint(checkpoint_dir, self.state_dict(hooks))
                 bar.update(task, completed=int(1000 * min(1.0, frac())),
                            description=f"distill [{cfg.name}] passes={self.passes} agree={terms.get('agree', 0):.2f}")
-        if evaluate is not None:
+        evals = [h for h in self.history if h["kind"] == "eval"]
+        if evaluate is not None and (not evals or evals[-1]["passes"] != self.passes):
             self._record_eval(evaluate)
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, self.state_dict(hooks))

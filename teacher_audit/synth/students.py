@@ -29,8 +29,9 @@ def default_student_arch(teacher_arch: str) -> str:
 
 def build_student(arch: str, spec: InputSpec) -> nn.Module:
     """Build a fresh student network (normalised input -> logits) from the architecture registry."""
-    try:
-        from teacher_audit.intake.archs import build_arch
-    except ImportError as exc:  # pragma: no cover - registry not installed
-        raise UsageError(f"cannot build student {arch!r}: architecture registry unavailable ({exc})") from None
+    from teacher_audit.intake.archs import ARCHS, build_arch
+
+    if arch not in ARCHS:
+        raise UsageError(f"student architecture {arch!r} is not in the registry (pass --student; known: "
+                         f"{', '.join(ARCHS.names())})")
     return build_arch(arch, num_classes=spec.num_classes, in_channels=spec.channels)
