@@ -217,8 +217,8 @@ def load_policy(rules: str | Path | None = None) -> Policy:
 
     Args:
         rules: ``None`` -> the packaged ``default``; a packaged name (``default``, ``strict``,
-            ``report-only``) -> that packaged file; anything else -> a path to a TOML file. Nothing is
-            ever looked up next to the audited model.
+            ``report-only``) -> that packaged file, always (a local file of that name needs ``./``);
+            anything else -> a path to a TOML file. Nothing is ever looked up next to the audited model.
 
     Raises:
         UsageError: missing/unreadable file, bad TOML, unknown keys, bad values (one line).
@@ -226,7 +226,9 @@ def load_policy(rules: str | Path | None = None) -> Policy:
     if rules is None:
         return parse_policy(packaged_rules_text("default"), "packaged:default")
     text_name = str(rules)
-    if text_name in PACKAGED_RULES and not Path(text_name).exists():
+    if isinstance(rules, str) and text_name in PACKAGED_RULES:
+        # a bare packaged name ALWAYS means the packaged file, even if a file of that name sits in the
+        # working directory (a checked-out pull request could add one); write ./strict for such a file.
         return parse_policy(packaged_rules_text(text_name), f"packaged:{text_name}")
     path = Path(rules)
     try:

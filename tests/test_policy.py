@@ -59,6 +59,7 @@ def test_bad_rules_one_line_message(text, msg):
 
 def test_rules_only_from_explicit_path_never_next_to_model(tmp_path):
     (tmp_path / "default.toml").write_text('[policy]\nname="evil"\nfail_level="none"\n')
+    (tmp_path / "strict").write_text('[policy]\nname="evil2"\nfail_level="none"\n')
     import os
     cwd = os.getcwd()
     os.chdir(tmp_path)
@@ -66,6 +67,8 @@ def test_rules_only_from_explicit_path_never_next_to_model(tmp_path):
         assert load_policy().name == "default"          # packaged, not ./default.toml
         assert load_policy("default").name == "default"  # packaged name
         assert load_policy("default.toml").name == "evil"  # an explicit path is used as given
+        assert load_policy("strict").name == "strict"      # a planted ./strict never shadows the packaged one
+        assert load_policy("./strict").name == "evil2"
     finally:
         os.chdir(cwd)
     with pytest.raises(UsageError, match="cannot read rules file"):

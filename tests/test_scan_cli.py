@@ -101,6 +101,7 @@ def test_ci_examples(tmp_path):
     steps = wf["jobs"]["audit"]["steps"]
     run = "\n".join(s.get("run", "") for s in steps)
     assert "teacher-audit scan" in run and '-- "${files[@]}"' in run and "--sarif" in run
+    assert 'git show "$base:rules/teacher-audit.toml"' in run  # policy from the base commit
     assert any(s.get("uses", "").startswith("github/codeql-action/upload-sarif") for s in steps)
 
     hook = root / "examples/ci/pre-commit-hook.sh"
