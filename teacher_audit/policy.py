@@ -319,7 +319,10 @@ def evaluate(policy: Policy, results: list[ProbeResult], sha256: str | None, *,
     reasons.extend(reported_only)
     reasons.extend(f"probe {r.probe} skipped: {r.summary or 'no reason given'}"
                    for r in results if r.status == "skipped")
-    if not reasons or all(x.startswith("allowlisted") for x in reasons):
+    if waived:
+        reasons.append(f"{len(ran)} probe(s) ran; {len(waived)} finding(s) at or above the fail level "
+                       "waived by the allowlist")
+    elif not reasons:
         reasons.append(f"{len(ran)} probe(s) ran; no finding at or above the fail level"
                        if fail_level is not None else f"{len(ran)} probe(s) ran; report-only policy")
     return Verdict(status="pass", exit_code=int(ExitCode.PASS), reasons=reasons, waived=waived)

@@ -122,6 +122,8 @@ def test_allowlist_valid_waives_expired_fails():
     finding = [r("a", flagged=True, sev=Severity.CRITICAL)]
     v = evaluate(p, finding, SHA, today=TODAY)
     assert v.status == "pass" and v.waived and "allowlisted until 2026-12-31: reviewed in SEC-1" in v.reasons[0]
+    assert "1 finding(s) at or above the fail level waived" in v.reasons[-1]
+    assert evaluate(p, [r("a")], SHA, today=TODAY).reasons[-1].endswith("no finding at or above the fail level")
     assert evaluate(p, finding, "ee" * 32, today=TODAY).status == "fail"         # other file: not allowlisted
     v = evaluate(p, [r("a")], SHA, today=dt.date(2027, 1, 1))                    # expired: fails even when clean
     assert v.status == "fail" and "expired on 2026-12-31" in v.reasons[0] and "SEC-1" in v.reasons[0]
