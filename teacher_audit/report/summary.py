@@ -12,7 +12,7 @@ from rich.text import Text
 
 from teacher_audit.report.model import Report, ScanSet
 from teacher_audit.report.sanitize import clean
-from teacher_audit.report.view import VERDICT_LABEL, fmt_num, probe_state
+from teacher_audit.report.view import VERDICT_LABEL, fmt_num, probe_state, target_label
 
 _STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold yellow", "not_auditable": "bold magenta"}
 
@@ -42,7 +42,7 @@ def print_summary(console: Console, doc: Report | ScanSet) -> None:
         for r in reports[0].probes:
             pt.add_row(_t(r.probe), _t(r.threat), Text(probe_state(r), style="red" if r.flagged else ""),
                        Text(fmt_num(r.score)), Text(fmt_num(r.threshold)), _t(r.severity.value),
-                       Text("-" if r.target_class is None else str(r.target_class)), Text(f"{r.budget.seconds:.1f} s"))
+                       _t(target_label(reports[0], r), 40), Text(f"{r.budget.seconds:.1f} s"))
         console.print(pt)
     v = doc.verdict
     line = Text("verdict: ")

@@ -43,3 +43,16 @@ def spec_line(rep: Report) -> str:
         return "-"
     lo, hi = s.value_range
     return f"{s.channels}x{s.height}x{s.width}, range [{lo:g}, {hi:g}], {s.num_classes} classes"
+
+
+def target_label(rep: Report, r: ProbeResult) -> str:
+    """``"3 (Dress)"`` when the spec names the classes, ``"3"`` otherwise, ``"-"`` when no target.
+
+    Not escaped: the class name comes from the (untrusted) card; writers escape the result.
+    """
+    if r.target_class is None:
+        return "-"
+    names = rep.input_spec.class_names if rep.input_spec is not None else None
+    if names and 0 <= r.target_class < len(names):
+        return f"{r.target_class} ({names[r.target_class]})"
+    return str(r.target_class)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from teacher_audit.report.model import Report, ScanSet
 from teacher_audit.report.sanitize import md
-from teacher_audit.report.view import VERDICT_LABEL, fmt_num, fmt_size, probe_state, reports_of, spec_line
+from teacher_audit.report.view import (VERDICT_LABEL, fmt_num, fmt_size, probe_state, reports_of, spec_line,
+                                       target_label)
 from teacher_audit.report.writers import WRITERS
 
 
@@ -38,7 +39,7 @@ def _report_section(rep: Report, level: str = "###") -> list[str]:
         lines += ["| probe | threat | result | score | threshold | severity | target | summary |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in rep.probes:
-            tgt = "-" if r.target_class is None else str(r.target_class)
+            tgt = md(target_label(rep, r), 80)
             lines.append(f"| {md(r.probe)} | {md(r.threat)} | {md(probe_state(r))} | {fmt_num(r.score)} | "
                          f"{fmt_num(r.threshold)} | {md(r.severity.value)} | {tgt} | {md(r.summary, 200)} |")
         lines.append("")
