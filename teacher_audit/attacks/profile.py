@@ -43,17 +43,20 @@ class ProfileConfig:
         dfkd_passes: teacher-pass budget of the short DFKD run (0: skip it).
         n_dfkd: samples kept from the last generator batches of the DFKD run.
         eps_max: largest radius tried (fraction of the value range).
+        eps_min: lower end of the bisection bracket (synthetic samples often sit on a decision
+            boundary; a low floor keeps them from piling up into a fake "mode").
         bisection_steps: bisection rounds for the smallest flipping radius.
         pgd_steps: PGD iterations per bisection trial.
         kl_eps, kl_steps: radius and PGD iterations of the fixed-radius KL measure (0 steps: skip).
     """
 
-    n_early: int = 64
-    n_synth: int = 128
+    n_early: int = 32
+    n_synth: int = 96
     synth_steps: int = 10
     dfkd_passes: int = 3000
-    n_dfkd: int = 128
+    n_dfkd: int = 96
     eps_max: float = 32 / 255
+    eps_min: float = 0.1 / 255
     bisection_steps: int = 4
     pgd_steps: int = 5
     kl_eps: float = 8 / 255
@@ -140,7 +143,7 @@ def measure(teacher: Teacher, sets: dict[str, torch.Tensor], cfg: ProfileConfig,
     x = torch.cat([sets[k] for k in names]).to(dev)
     phase = np.concatenate([np.array([k] * sets[k].shape[0]) for k in names])
     gen = torch.Generator().manual_seed(seed)
-    eps, cens, passes = min_flip_eps(model, x, eps_max=cfg.eps_max, bisection_steps=cfg.bisection_steps,
+    eps, cens, passes = min_flip_eps(model, x, eps_max=cfg.eps_max, eps_min=cfg.eps_min, bisection_steps=cfg.bisection_steps,
                                      pgd_steps=cfg.pgd_steps, value_range=vr, generator=gen)  # type: ignore[arg-type]
     if cfg.kl_steps > 0:
         kl, p2 = kl_at_eps(model, x, eps=cfg.kl_eps, steps=cfg.kl_steps, value_range=vr, generator=gen)  # type: ignore[arg-type]

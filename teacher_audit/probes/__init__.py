@@ -12,3 +12,4 @@ from teacher_audit.probes import backdoor_inversion  # noqa: E402,F401  (registe
 from teacher_audit.probes import backdoor_shuffle  # noqa: E402,F401  (registers "backdoor_shuffle")
 from teacher_audit.probes import backdoor_fused  # noqa: E402,F401  (registers "backdoor", the default)
 from teacher_audit.probes import backdoor_transfer  # noqa: E402,F401  (registers "backdoor_transfer")
+from teacher_audit.probes import ntl_robustness  # noqa: E402,F401  (registers "ntl_robustness")

@@ -1,0 +1,200 @@
+"""NTL "OOD trap" probe: robustness profiling of the teacher over its own synthetic samples.
+
+Paper: ATEsc, Hong et al., ICML 2025 -- non-transferable-learning (NTL) teachers (Wang et al., ICLR
+2022) are markedly more adversarially robust on their misleading OOD domain than on their own domain,
+and they pull data-free synthesis into that domain. Nothing published turns this into a detector;
+this probe is our construction (documented in ``docs/ntl.md``).
+
+Threat assumption: the teacher may have been trained to answer confidently and wrongly on some input
+domain (NTL, ownership-verification NTL, NTL-based backdoor). We only evaluate it: no data, white-box
+gradients on its raw-input wrapper.
+
+Method:
+1. samples from the shared engine (:mod:`teacher_audit.attacks.profile`): the generator's first
+   batches, ``synthesize`` output and the last generator batches of a short DFKD run;
+2. per sample: smallest label-flipping L-inf radius (geometric bisection over PGD) and the teacher's
+   confidence, entropy and class;
+3. features: a second, robust mode of ``log10(radius)`` (two-component mixture,
+   :func:`teacher_audit.attacks.split.robust_split`), its share overall and per phase (growth from
+   the first batches to the DFKD batches), the robust tail beyond ``tail_gap`` decades above the
+   median, confidence/entropy of robust vs fragile samples, and the classes robust samples collapse to;
+4. score (see :func:`ntl_score`) against a threshold calibrated on clean zoo teachers.
+
+Options (``NTLConfig``) with defaults: profile budget (``ProfileConfig``: 32 + 96 + 96 samples,
+eps_max 32/255, 4 bisection rounds x 5 PGD steps), ``tail_gap`` 0.6 decades, ``threshold`` from the
+calibration in ``docs/ntl.md``.
+
+Outputs: ``ProbeResult`` (threat ``ntl``) with the score, the threshold, the class robust samples
+collapse to as ``target_class``, features in ``details`` and evidence: the robustness histogram
+(PNG), grids of the most fragile and the most robust samples, a features table. When robust samples
+collapse to one class the summary says that a backdoor trigger would look the same and points to
+the backdoor probes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from teacher_audit.attacks.profile import Profile, ProfileConfig, profile_teacher
+from teacher_audit.attacks.split import robust_split
+from teacher_audit.probes.base import PROBES, Probe
+from teacher_audit.report.model import Budget, Evidence, ProbeResult
+from teacher_audit.severity import Severity
+from teacher_audit.teacher import Teacher
+
+#: Default decision threshold on :func:`ntl_score`, calibrated on clean zoo teachers (docs/ntl.md).
+DEFAULT_THRESHOLD = 0.15
+
+
+@dataclass
+class NTLConfig:
+    """Options of the NTL probe.
+
+    Attributes:
+        profile: sample and attack budget (see :class:`ProfileConfig`).
+        tail_gap: decades above the median radius that count as "robust tail" (reported).
+        robust_floor: radius (grey levels /255) from which a sample counts as robust.
+        threshold: decision threshold on the score.
+        seed: PGD random starts.
+        evidence: attach PNG evidence (histogram, sample grids).
+    """
+
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    tail_gap: float = 0.6
+    robust_floor: float = 8.0
+    threshold: float = DEFAULT_THRESHOLD
+    seed: int = 0
+    evidence: bool = True
+
+
+def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) -> dict[str, Any]:
+    """Robustness-profile features (see module docstring). All plain floats/ints/lists.
+
+    ``robust_floor`` (grey levels /255) is the absolute radius from which a sample counts as robust:
+    synthetic samples of clean teachers sit near decision boundaries (median radius ~1/255), so a
+    mixture alone would find "modes" in their skewed, quantised distribution; a robust mode must
+    also lie above this floor.
+    """
+    r = prof.log_eps
+    floor = math.log10(robust_floor)
+    main = prof.phase != "early"
+    if not main.any():
+        main = np.ones_like(r, dtype=bool)
+    rm = r[main]
+    med = float(np.median(rm))
+    split = robust_split(rm)
+    bimodal = bool(split.bimodal and split.mixture.mu1 >= floor)
+    robust_main = split.robust.numpy() if bimodal else np.zeros(rm.size, dtype=bool)
+    above = rm >= floor
+    tail = rm > med + tail_gap
+    rob = robust_main if robust_main.any() else above
+    k = prof.num_classes
+    pred, conf, ent = prof.pred[main], prof.conf[main], prof.entropy[main]
+    counts = np.bincount(pred[rob], minlength=k) if rob.any() else np.zeros(k, dtype=int)
+    top = int(counts.argmax()) if rob.any() else None
+    collapse = float(counts.max() / max(1, rob.sum())) if rob.any() else 0.0
+
+    def share(phase: str) -> float | None:
+        m = prof.phase == phase
+        return float((r[m] >= floor).mean()) if m.any() else None
+
+    early = share("early")
+    late = share("dfkd") if (prof.phase == "dfkd").any() else share("synth")
+    return {
+        "n_samples": int(r.size), "median_eps255": float(10 ** med), "q90_eps255": float(10 ** np.quantile(rm, 0.9)),
+        "censored_share": float(prof.censored[main].mean()), "robust_floor_eps255": robust_floor,
+        "bimodal": bimodal, "mixture_robust_share": float(split.mixture.w1),
+        "mixture_separation": float(split.mixture.separation),
+        "mixture_gap_decades": float(split.mixture.mu1 - split.mixture.mu0),
+        "mixture_robust_mean_eps255": float(10 ** split.mixture.mu1),
+        "robust_share": float(robust_main.mean()), "above_floor_share": float(above.mean()),
+        "tail_share": float(tail.mean()),
+        "share_early": early, "share_late": late,
+        "growth": None if early is None or late is None else float(late - early),
+        "conf_robust": float(conf[rob].mean()) if rob.any() else None,
+        "conf_fragile": float(conf[~rob].mean()) if (~rob).any() else None,
+        "entropy_robust": float(ent[rob].mean()) if rob.any() else None,
+        "entropy_fragile": float(ent[~rob].mean()) if (~rob).any() else None,
+        "robust_classes": counts.tolist(), "collapse_class": top, "collapse_share": collapse,
+        "split_threshold_log10": float(split.threshold) if bimodal else floor,
+    }
+
+
+def ntl_score(f: dict[str, Any]) -> float:
+    """Fuse the features into one score in [0, 1] (higher = more NTL-like). See docs/ntl.md.
+
+    ``score = min(1, s * (1 + max(0, conf_robust - conf_fragile)) + 0.5 * max(0, growth))`` with ``s``
+    the robust-mode share (mixture, when a robust mode above the floor exists) or else the share of
+    samples above the absolute robustness floor.
+    """
+    share = max(f["robust_share"], f["above_floor_share"])
+    conf_gap = 0.0
+    if f["conf_robust"] is not None and f["conf_fragile"] is not None:
+        conf_gap = max(0.0, f["conf_robust"] - f["conf_fragile"])
+    growth = max(0.0, f["growth"] or 0.0)
+    return float(min(1.0, share * (1.0 + conf_gap) + 0.5 * growth))
+
+
+def _evidence(prof: Profile, f: dict[str, Any], thr_log10: float | None,
+              vr: tuple[float, float] = (0.0, 1.0)) -> list[Evidence]:
+    from teacher_audit.report.plots import histogram_png, image_grid_png
+
+    ev: list[Evidence] = []
+    r = prof.log_eps
+    groups = {ph: r[prof.phase == ph] for ph in ("early", "synth", "dfkd") if (prof.phase == ph).any()}
+    ev.append(Evidence(name="robustness_histogram", kind="image",
+                       caption="log10 smallest label-flipping L-inf radius (grey levels /255) per synthetic "
+                               "sample, by phase; dashed: robust/fragile split",
+                       png=histogram_png(r, groups=groups, thresholds=[thr_log10] if thr_log10 is not None else [],
+                                         xlabel="log10 eps (/255)", title="NTL robustness profile")))
+    order = np.argsort(r)
+    n = min(32, r.size)
+    for name, idx, cap in (("fragile_samples", order[:n], "most fragile synthetic samples"),
+                           ("robust_samples", order[::-1][:n], "most robust synthetic samples")):
+        labels = [f"{int(prof.pred[i])} e{prof.eps255[i]:.1f}" for i in idx]
+        ev.append(Evidence(name=name, kind="image", caption=cap + " (teacher class, eps/255)",
+                           png=image_grid_png(prof.x[idx.copy()], value_range=vr, labels=labels)))
+    return ev
+
+
+@PROBES.register("ntl_robustness", threat="ntl")
+class NTLRobustnessProbe(Probe):
+    """Data-free NTL-trap probe (see module docstring)."""
+
+    name = "ntl_robustness"
+    threat = "ntl"
+    Config = NTLConfig
+
+    def run(self, teacher: Teacher, engine: Any) -> ProbeResult:
+        cfg: NTLConfig = self.config
+        prof = profile_teacher(teacher, engine, cfg.profile, seed=cfg.seed)
+        f = features(prof, cfg.tail_gap, cfg.robust_floor)
+        score = ntl_score(f)
+        flagged = score >= cfg.threshold
+        notes = list(prof.notes)
+        msg = (f"robust share {max(f['robust_share'], f['above_floor_share']):.2f} (flip radius >= "
+               f"{cfg.robust_floor:g}/255), median flip radius "
+               f"{f['median_eps255']:.2f}/255, score {score:.3f} vs threshold {cfg.threshold:.3f}")
+        if flagged and f["collapse_share"] >= 0.8:
+            notes.append(f"robust samples collapse to class {f['collapse_class']} "
+                         f"({100 * f['collapse_share']:.0f}%): a backdoor trigger produces the same pattern "
+                         "-- read the backdoor probes' result before concluding NTL")
+        summary = ("NTL trap suspected: " if flagged else "no NTL trap pattern: ") + msg
+        if notes:
+            summary += "; " + "; ".join(notes)
+        vr = (float(teacher.spec.value_range[0]), float(teacher.spec.value_range[1]))
+        ev = _evidence(prof, f, f["split_threshold_log10"], vr) if cfg.evidence else []
+        ev.append(Evidence(name="ntl_features", kind="values", caption="robustness-profile features",
+                           values={k: v for k, v in f.items() if not isinstance(v, list)}))
+        return ProbeResult(
+            probe=self.name, threat="ntl", status="ok", score=score, threshold=cfg.threshold, flagged=flagged,
+            severity=Severity.HIGH if flagged else Severity.INFO, summary=summary,
+            target_class=f["collapse_class"] if flagged else None,
+            details={**f, "notes": notes, "profile": {"eps_max_255": cfg.profile.eps_max * 255,
+                                                       "bisection_steps": cfg.profile.bisection_steps,
+                                                       "pgd_steps": cfg.profile.pgd_steps}},
+            evidence=ev, budget=Budget(teacher_passes=prof.passes, seconds=round(prof.seconds, 2)), seed=cfg.seed)
