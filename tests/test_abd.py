@@ -113,14 +113,41 @@ def test_abd_hooks_run_on_the_engine():
 
     teacher = tiny_teacher(bn=True, n_train=600, epochs=1)
     cfg = PRESETS.get("dfq")()
-    cfg.batch_size = 32
+    cfg.batch_size = 16
     cfg.kd_steps = 1
     engine = Engine(teacher, cfg, student=TinyCNN(width=8), device="cpu", seed=0)
     for mode in ("hyper", "plain"):
-        hooks = DEFENSES.get("abd")(teacher, engine, mode=mode, check_batches=2, sr_start=0.0, delta_samples=16)
+        hooks = DEFENSES.get("abd")(teacher, engine, mode=mode, check_batches=2, sr_start=0.0, delta_samples=8)
         sv, sr = hooks
         assert isinstance(sv, ShufflingVaccine) and isinstance(sr, SelfRetrospection)
-        engine.run(budget_passes=engine.passes + 800, hooks=hooks, progress=False)
+        engine.run(budget_passes=engine.passes + 300, hooks=hooks, progress=False)
         assert sv.decided and len(sv.tail_ratios) >= 1 and sv.note
         assert sr.steps >= 2 and sr.delta is not None and sr.delta.abs().sum() > 0
     assert ABDConfig().coef == 0.1
+
+
+class _Functional(nn.Module):
+    """A graph-module-like net: convolutions called functionally (as our ONNX interpreter does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.ParameterList([nn.Parameter(torch.randn(4, 1, 3, 3)), nn.Parameter(torch.randn(6, 4, 3, 3)),
+                                   nn.Parameter(torch.randn(3, 6))])
+
+    def forward(self, x):
+        h = torch.relu(torch.nn.functional.conv2d(x, self.w[0], padding=1))
+        return torch.nn.functional.conv2d(h, self.w[1], padding=1).mean((2, 3)) @ self.w[2].T
+
+
+def test_suspect_on_functional_graph_module():
+    from teacher_audit.probes.shuffle import shuffle_candidates
+
+    net = _Functional()
+    x = torch.rand(3, 1, 8, 8)
+    assert shuffle_candidates(net, x) == (["w.0", "w.1"], "functional")
+    sus = build_suspect(net, x, n_layers=1, generator=torch.Generator().manual_seed(0))
+    h = torch.relu(torch.nn.functional.conv2d(x, net.w[0], padding=1))
+    ref = torch.nn.functional.conv2d(h[:, sus.perms[0]], net.w[1], padding=1).mean((2, 3)) @ net.w[2].T
+    with torch.no_grad():
+        assert torch.allclose(sus.model(x), ref, atol=1e-5)
+    assert torch.equal(sus.model.w[2], net.w[2]) and torch.equal(sus.model.w[0], net.w[0])

@@ -20,8 +20,8 @@ of other classes used per target (8), ``steps`` (60), ``lr`` (0.2), ``flip_goal`
 ``lambda0`` (initial mask weight, 3.0), ``mask_init`` (initial mask logit, -4), ``synth_steps`` generator steps before sampling,
 ``limit_seconds``, ``seed``.
 
-Output: ``score`` = anomaly index (median - min)/(1.4826 MAD) of the per-class norms (Neural
-Cleanse flags > 2), ``target_class`` = argmin norm; details: per-class norms and flip rates;
+Output: ``score`` = anomaly index (median - min)/(1.4826 MAD) of the log10 per-class norms (Neural
+Cleanse flags > 2 on the linear norms; log space because norms on synthetic samples span decades), ``target_class`` = argmin norm; details: per-class norms and flip rates;
 evidence: the inverted trigger ``m * p`` of the target and the samples with it stamped.
 """
 
@@ -54,7 +54,7 @@ class InversionConfig:
     mask_init: float = -4.0
     synth_steps: int | None = None
     threshold: float = 2.0
-    limit_seconds: float | None = 20.0
+    limit_seconds: float | None = 60.0
     seed: int = 0
 
 
@@ -154,7 +154,7 @@ class InversionProbe(Probe):
         inv = invert_triggers(teacher, x, cfg, clock)
         self.last_inverted = inv
         tgt = int(np.argmin(inv.norms))
-        score = robust_z(inv.norms, tgt, low_is_anomalous=True)
+        score = robust_z(np.log10(np.clip(inv.norms, 1e-4, 1.0)), tgt, low_is_anomalous=True)
         flagged = score > cfg.threshold
         trig = inv.masks[tgt] * inv.patterns[tgt]
         stamped = (1 - inv.masks[tgt]) * x[:16] + inv.masks[tgt] * inv.patterns[tgt]

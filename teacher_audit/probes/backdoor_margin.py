@@ -52,7 +52,7 @@ class MarginConfig:
     steps: int = 60
     lr: float = 0.05
     alpha: float = 0.05
-    limit_seconds: float | None = 20.0
+    limit_seconds: float | None = 60.0
     seed: int = 0
 
 

@@ -11,8 +11,11 @@ including the ones an ONNX converter emits inside an ``fx.GraphModule``) in the 
 pass *executes* them (traced once on a dummy input), never by parameter names. BatchNorm layers,
 the classifier and every weight are left untouched: the permutation is applied to the layer's
 input tensor by a forward pre-hook on a deep copy, so grouped/depthwise convolutions are handled
-the same way as dense ones. A network with no convolution falls back to its hidden ``nn.Linear``
-layers (all but the last executed one, which is the classifier).
+the same way as dense ones. A graph module that calls convolutions functionally (our ONNX
+interpreter) has no conv modules: its convolutions are found by tracing ``F.conv*`` calls
+(``TorchFunctionMode``), and the copy's weight of each chosen (ungrouped) convolution is permuted
+along its input-channel axis, which is the same function. A network with no convolution falls back
+to its hidden ``nn.Linear`` layers (all but the last executed one, which is the classifier).
 
 Outputs: :func:`build_suspect` returns a frozen eval-mode copy of ``teacher.model`` and the list of
 (module name, permutation) pairs it applied; :func:`suspect_ensemble` builds several.
@@ -24,9 +27,12 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_FUNCTIONAL_CONV = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
 
 
 @dataclass
@@ -67,11 +73,49 @@ def execution_order(model: nn.Module, x: torch.Tensor, types: tuple[type, ...]) 
     return order
 
 
+class _ConvTrace(TorchFunctionMode):
+    """Records the weight of every functional convolution call (graph modules without nn.Conv)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, int]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func in _FUNCTIONAL_CONV:
+            w = args[1] if len(args) > 1 else kwargs.get("weight")
+            groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+            if isinstance(w, torch.Tensor):
+                self.calls.append((w, int(groups)))
+        return func(*args, **kwargs)
+
+
+def functional_convs(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the parameters used as weights of ungrouped functional convolutions, in call order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    trace = _ConvTrace()
+    with torch.no_grad(), trace:
+        model(example)
+    order: list[str] = []
+    for w, groups in trace.calls:
+        n = names.get(id(w))
+        if n is not None and groups == 1 and w.dim() >= 3 and n not in order:
+            order.append(n)
+    return order
+
+
 def shuffle_candidates(model: nn.Module, example: torch.Tensor) -> tuple[list[str], str]:
-    """Layers eligible for shuffling, in execution order, and their kind ("conv" or "linear")."""
+    """Layers eligible for shuffling, in execution order, and their kind.
+
+    ``conv`` (conv modules), ``functional`` (weights of functional convolutions, e.g. an ONNX graph
+    interpreter), or ``linear`` (hidden linear layers when there is no convolution at all).
+    """
     convs = execution_order(model, example, _CONV)
     if convs:
         return convs, "conv"
+    fconvs = functional_convs(model, example)
+    if fconvs:
+        return fconvs, "functional"
     linears = execution_order(model, example, (nn.Linear,))
     return linears[:-1], "linear"
 
@@ -124,6 +168,15 @@ def build_suspect(model: nn.Module, example: torch.Tensor, n_layers: int = 5,
         p.requires_grad_(False)
     mods = dict(suspect.named_modules())
     perms: list[torch.Tensor] = []
+    if kind == "functional":
+        # conv(x[:, perm], W) == conv(x, W[:, argsort(perm)]): permute the copy's weight instead
+        for name in chosen:
+            w = suspect.get_parameter(name)
+            perm = torch.randperm(w.shape[1], generator=generator)
+            with torch.no_grad():
+                w.copy_(w[:, torch.argsort(perm).to(w.device)].clone())
+            perms.append(perm)
+        return Suspect(model=suspect, layers=list(chosen), perms=perms)
     for name in chosen:
         mod = mods[name]
         n_in = mod.in_channels if isinstance(mod, _CONV) else mod.in_features
