@@ -172,3 +172,16 @@ def test_resume_refuses_other_settings(teacher: Teacher, tmp_path) -> None:
 
     with pytest.raises(UsageError):
         other.run(budget_passes=32 * 12, progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_second_run_continues_from_current_passes(teacher: Teacher) -> None:
+    cfg = small("dfq")
+    engine = Engine(teacher, cfg, student=student(), device="cpu")
+    engine.synthesize(16, steps=1)
+    spent = engine.passes
+    first = engine.run(budget_passes=spent + iterations(cfg, 2), progress=False)
+    assert engine.iteration == 2 and first.passes == spent + iterations(cfg, 2)
+    lrs = [h["lr_s"] for h in first.history if h["kind"] == "train"]
+    assert lrs[0] == cfg.lr_s  # the cosine schedule starts at this run's start, not at engine creation
+    second = engine.run(budget_passes=engine.passes + iterations(cfg, 1), budget_seconds=3600, progress=False)
+    assert engine.iteration == 3 and second.stopped == "budget_passes"

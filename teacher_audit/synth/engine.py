@@ -139,6 +139,7 @@ class Engine:
         self.gen_step = 0
         self.student_step = 0
         self.history: list[dict[str, Any]] = []
+        self._run_start: tuple[int, float] = (0, 0.0)
 
     # ------------------------------------------------------------------ models
     def _wrap(self, net: nn.Module) -> TeacherModel:
@@ -354,10 +355,12 @@ class Engine:
         """Alternate generator and student updates until the budget is spent.
 
         Args:
-            budget_passes: stop after this many teacher image passes (counted from engine creation,
-                so a resumed run ends where the uninterrupted one would). Default ``config.budget_passes``
-                when ``budget_seconds`` is not given either.
-            budget_seconds: stop after this many seconds of ``run``.
+            budget_passes: stop once :attr:`passes` (counted from engine creation, including passes
+                spent by ``synthesize`` or earlier runs) reaches this; to spend ``N`` more, pass
+                ``engine.passes + N``. Default ``config.budget_passes`` when ``budget_seconds`` is not
+                given either. The cosine learning-rate schedule spans this run's share of the budget.
+            budget_seconds: stop after this many seconds of this run (a resumed run counts the
+                seconds of its interrupted part).
             hooks: :class:`Hook` objects (defenses, probes).
             progress: rich progress bar with ETA on stderr.
             checkpoint_dir: where ``engine-state.pt`` is written every ``config.checkpoint_every``
@@ -378,12 +381,14 @@ class Engine:
             budget_passes = cfg.budget_passes
         if budget_passes is not None and budget_passes <= 0 or budget_seconds is not None and budget_seconds <= 0:
             raise UsageError("the budget must be positive")
+        self._run_start = (self.passes, self.seconds)
         if resume:
             if checkpoint_dir is None:
                 raise UsageError("resume needs a checkpoint directory")
             state = load_checkpoint(checkpoint_dir)
             if state is not None:
                 self.load_state_dict(state, hooks)
+        run_passes0, run_seconds0 = self._run_start
         student = self.student
         _ = self.opt_s
         start_seconds = self.seconds
@@ -392,8 +397,8 @@ class Engine:
         stopped = ""
 
         def frac() -> float:
-            fp = self.passes / budget_passes if budget_passes else 0.0
-            fs = (self.seconds / budget_seconds) if budget_seconds else 0.0
+            fp = (self.passes - run_passes0) / max(1, budget_passes - run_passes0) if budget_passes else 0.0
+            fs = (self.seconds - run_seconds0) / budget_seconds if budget_seconds else 0.0
             return max(fp, fs)
 
         bar = _progress(progress)
@@ -404,7 +409,7 @@ class Engine:
                 if budget_passes is not None and self.passes >= budget_passes:
                     stopped = "budget_passes"
                     break
-                if budget_seconds is not None and self.seconds >= budget_seconds:
+                if budget_seconds is not None and self.seconds - run_seconds0 >= budget_seconds:
                     stopped = "budget_seconds"
                     break
                 if intr.hit:
@@ -469,6 +474,7 @@ class Engine:
             "passes": self.passes, "seconds": self.seconds, "iteration": self.iteration,
             "gen_step": self.gen_step, "student_step": self.student_step, "history": list(self.history),
             "hooks": [h.state_dict() for h in hooks],
+            "run_start": list(self._run_start),
         }
 
     def load_state_dict(self, state: dict[str, Any], hooks: Sequence[Hook] = ()) -> None:
@@ -490,6 +496,7 @@ class Engine:
             setattr(self, key, int(state[key]))
         self.seconds = float(state["seconds"])
         self.history = list(state["history"])
+        self._run_start = (int(state["run_start"][0]), float(state["run_start"][1]))
         for h, hs in zip(hooks, state.get("hooks", [])):
             h.load_state_dict(hs)
 
