@@ -38,11 +38,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from teacher_audit.probes.backdoor_fused import CALIBRATION, FusedBackdoorProbe, FusedConfig, fuse  # noqa: E402
+from teacher_audit.probes.backdoor_fused import CALIBRATION, FusedBackdoorProbe, FusedConfig, consensus, fuse  # noqa: E402
+from teacher_audit.probes.backdoor_common import robust_z  # noqa: E402
 from teacher_audit.report.model import ProbeResult  # noqa: E402
 
 POSITIVE = {"backdoor", "clean_label", "ntl_backdoor"}
-COMPONENTS = ("backdoor_margin", "backdoor_inversion", "backdoor_shuffle")
+COMPONENTS = ("backdoor_margin", "backdoor_inversion", "backdoor_shuffle", "consensus")
 
 
 def config_key(cfg: FusedConfig) -> str:
@@ -58,7 +59,7 @@ def score_teacher(path: Path, cfg: FusedConfig, preset: str) -> dict[str, Any]:
     from teacher_audit.intake.load import LoadOptions, load_teacher
     from teacher_audit.synth import PRESETS, Engine
 
-    teacher, _intake = load_teacher(path, LoadOptions(device="cpu"))
+    teacher, intake = load_teacher(path, LoadOptions(device="cpu"))
     card = json.loads(Path(str(path) + ".card.json").read_text())
     gt = card.get("ground_truth") or {}
     engine = Engine(teacher, PRESETS.get(preset)(), device="cpu", seed=cfg.seed)
@@ -67,12 +68,37 @@ def score_teacher(path: Path, cfg: FusedConfig, preset: str) -> dict[str, Any]:
     sec = time.perf_counter() - t0
     comps = res.details.get("components", {})
     return {
-        "name": path.name.removesuffix(".safetensors"), "kind": gt.get("kind", "unknown"),
+        "name": path.name.removesuffix(".safetensors").removesuffix(".onnx"), "kind": gt.get("kind", "unknown"),
         "target": gt.get("target"), "arch": card.get("arch"), "trigger": (gt.get("trigger") or {}).get("name"),
-        "seconds": sec, "passes": res.budget.teacher_passes,
+        "seconds": sec, "passes": res.budget.teacher_passes, "format": intake.format,
+        "has_batchnorm": intake.has_batchnorm,
         "components": {n: {"score": c.get("score"), "target": c.get("target_class"), "status": c.get("status"),
                            "seconds": c.get("seconds"), "details": c.get("details")} for n, c in comps.items()},
     }
+
+
+def export_onnx(path: Path, out_dir: Path) -> Path | None:
+    """Export a zoo teacher to ONNX with constant folding (BatchNorm folded into Conv), card copied."""
+    from teacher_audit.intake.load import LoadOptions, load_teacher
+
+    out = out_dir / (path.name.removesuffix(".safetensors") + "_bnfolded.onnx")
+    if out.exists():
+        return out
+    teacher, _ = load_teacher(path, LoadOptions(device="cpu"))
+    net = teacher.model.net.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x = torch.zeros(1, *teacher.spec.shape)
+    try:
+        torch.onnx.export(net, (x,), str(out), dynamo=False, do_constant_folding=True, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+    except Exception as e:  # noqa: BLE001 - an export failure only removes that teacher from the ONNX rows
+        print(f"onnx export of {path.name} failed: {e}", file=sys.stderr)
+        return None
+    card = json.loads(Path(str(path) + ".card.json").read_text())
+    card.pop("arch", None)
+    card["name"] = out.name.removesuffix(".onnx")
+    Path(str(out) + ".card.json").write_text(json.dumps(card, indent=2))
+    return out
 
 
 def auroc(pos: list[float], neg: list[float]) -> float:
@@ -85,7 +111,23 @@ def auroc(pos: list[float], neg: list[float]) -> float:
 
 def as_results(row: dict[str, Any]) -> dict[str, ProbeResult]:
     return {n: ProbeResult(probe=n, threat="backdoor", status=c["status"] or "error", score=c["score"],
-                           target_class=c["target"]) for n, c in row["components"].items()}
+                           target_class=c["target"], details=c.get("details") or {})
+            for n, c in row["components"].items() if n != "consensus"}
+
+
+def with_consensus(row: dict[str, Any]) -> dict[str, Any]:
+    """Add the derived ``consensus`` component (computed from the cached details, no probe run) and
+    re-derive the inversion score from the cached per-class norms with the current formula."""
+    row = dict(row, components=dict(row["components"]))
+    inv = row["components"].get("backdoor_inversion")
+    if inv and inv.get("details") and inv["details"].get("mask_norms"):
+        norms = np.clip(np.asarray(inv["details"]["mask_norms"], dtype=float), 1e-4, 1.0)
+        t = int(np.argmin(norms))
+        row["components"]["backdoor_inversion"] = dict(inv, target=t, score=robust_z(np.log10(norms), t, True, 0.1))
+    c = consensus(as_results(row))
+    row["components"]["consensus"] = {"score": None if c is None else c.score,
+                                      "target": None if c is None else c.target_class, "status": "ok" if c else "error"}
+    return row
 
 
 def calibrate(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
@@ -152,12 +194,12 @@ def markdown(ev: dict[str, Any], cmd: str) -> str:
               f"| backdoored flagged | {ev['pos_flagged']} / {ev['n_pos']} |",
               f"| suspected target right (backdoored) | {ev['target_right']} / {ev['n_pos']} |",
               f"| median seconds per teacher (fused probe incl. synthesis) | {ev['seconds_median']:.1f} |", "",
-              "| teacher | kind | trigger | target | fused z | suspected | margin | inversion | shuffle | s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| teacher | kind | trigger | target | fused z | suspected | margin | inversion | shuffle | consensus | s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ev["per_teacher"]:
         lines.append(f"| {r['name']} | {r['kind']} | {r['trigger'] or ''} | {r['target'] if r['target'] is not None else ''} "
                      f"| {r['fused']} | {r['suspected']} | {r.get('margin')} | {r.get('inversion')} | "
-                     f"{r.get('shuffle')} | {r['seconds']} |")
+                     f"{r.get('shuffle')} | {r.get('consensus')} | {r['seconds']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--only", default="", help="substring filter on teacher names")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--onnx", action="store_true", help="also score BN-folded ONNX exports of the zoo teachers")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     zoo = Path(args.zoo)
@@ -188,8 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     cache_path = zoo / "backdoor_scores.json"
     cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     rows = []
-    for path in sorted(zoo.glob("*.safetensors")):
-        if args.only and args.only not in path.name or not Path(str(path) + ".card.json").exists():
+    # clean teachers first: they set the calibration, so a partial run is still usable
+    paths = sorted((p for p in zoo.glob("*.safetensors") if Path(str(p) + ".card.json").exists()),
+                   key=lambda p: (not p.name.startswith("clean"), not p.name.startswith("ntl"), p.name))
+    if args.onnx:
+        paths += [o for o in (export_onnx(p, zoo / "onnx") for p in paths if not args.only or args.only in p.name)
+                  if o is not None]
+    for path in paths:
+        if args.only and args.only not in path.name:
             continue
         ck = file_sha(path) + ":" + key
         if ck not in cache:
@@ -198,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             from teacher_audit.atomic import atomic_write_text
 
             atomic_write_text(cache_path, json.dumps(cache, indent=1))
-        rows.append(cache[ck])
+        rows.append(with_consensus(cache[ck]))
     calib = calibrate(rows, args.margin) if args.calibrate else CALIBRATION
     if args.calibrate:
         write_calibration(calib)

@@ -82,12 +82,15 @@ def class_conditional(teacher: Teacher, n: int, steps: int, seed: int, clock: Cl
     return (lo + (hi - lo) * torch.sigmoid(z)).detach()
 
 
-def robust_z(values: np.ndarray, idx: int, low_is_anomalous: bool = False) -> float:
-    """Neural-Cleanse-style anomaly index of ``values[idx]`` against the others: |v - median| / (1.4826 MAD)."""
+def robust_z(values: np.ndarray, idx: int, low_is_anomalous: bool = False, min_mad: float = 0.0) -> float:
+    """Neural-Cleanse-style anomaly index of ``values[idx]`` against the others: |v - median| / (1.4826 MAD).
+
+    ``min_mad`` floors the spread (several equal values, e.g. masks that never flipped, would make it 0).
+    """
     others = np.delete(values, idx)
     med = float(np.median(others))
     mad = float(np.median(np.abs(others - med))) * 1.4826
-    mad = max(mad, 1e-6 * max(1.0, abs(med)), 1e-9)
+    mad = max(mad, min_mad, 1e-6 * max(1.0, abs(med)), 1e-9)
     d = (med - values[idx]) if low_is_anomalous else (values[idx] - med)
     return float(d / mad)
 

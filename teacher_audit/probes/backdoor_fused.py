@@ -4,7 +4,8 @@ Runs the component probes on one shared budget — max-margin (MM-BD, Wang et al
 inversion on synthetic samples (Neural Cleanse style) and shuffle agreement (ABD suspect model,
 Hong et al. ICML 2023) — and fuses their scores.
 
-Fusion (documented in docs/backdoor.md): every component score s_i is standardised against the
+Fusion (documented in docs/backdoor.md): every component score s_i — plus the per-class
+``consensus`` of margin and inversion (:func:`consensus`) — is standardised against the
 clean calibration teachers, z_i = (s_i - mu_i) / sd_i (mu, sd = mean and standard deviation of s_i
 over the clean zoo teachers, sd floored), and the fused score is max_i z_i. The suspected target
 class is the target of the component with the largest z (ties: majority vote). The default
@@ -34,6 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from teacher_audit.probes.backdoor_common import Clock, synthetic_samples
@@ -53,6 +55,7 @@ CALIBRATION: dict[str, Any] = {
         "backdoor_margin": {"mean": 1.0, "sd": 1.0},
         "backdoor_inversion": {"mean": 1.0, "sd": 1.0},
         "backdoor_shuffle": {"mean": 1.0, "sd": 1.0},
+        "consensus": {"mean": 1.0, "sd": 1.0},
     },
     "threshold": 3.0,
     "margin": 0.5,
@@ -80,11 +83,41 @@ class FusedConfig:
     seed: int = 0
 
 
+def _class_z(values: np.ndarray, min_mad: float) -> np.ndarray:
+    med = float(np.median(values))
+    mad = max(float(np.median(np.abs(values - med))) * 1.4826, min_mad)
+    return (values - med) / mad
+
+
+def consensus(results: dict[str, ProbeResult]) -> ProbeResult | None:
+    """Per-class agreement of the margin and inversion components.
+
+    For every class c: robust z of its max margin among the classes plus robust z of
+    -log10(its inverted mask size); the score is the largest sum, the target its class. A backdoor
+    target is anomalous in both; a class that is merely easy (large natural margin) usually needs a
+    large mask, and a fragile class (small mask) usually has an ordinary margin, so they cancel.
+    """
+    m, i = results.get("backdoor_margin"), results.get("backdoor_inversion")
+    if m is None or i is None or m.status != "ok" or i.status != "ok":
+        return None
+    try:
+        margins = np.asarray(m.details["margins"], dtype=float)
+        norms = np.clip(np.asarray(i.details["mask_norms"], dtype=float), 1e-4, 1.0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    total = _class_z(margins, 0.05 * abs(float(np.median(margins))) + 1e-3) + _class_z(-np.log10(norms), 0.1)
+    tgt = int(np.argmax(total))
+    return ProbeResult(probe="consensus", threat="backdoor", score=float(total[tgt]), target_class=tgt,
+                       summary=f"class {tgt} is anomalous in both margin and trigger size (sum of z {total[tgt]:.1f})")
+
+
 def standardise(results: dict[str, ProbeResult], calib: dict[str, Any]) -> dict[str, float]:
-    """z-score of each component's raw score against the clean calibration statistics."""
+    """z-score of each component's raw score (and of the consensus) against the clean calibration statistics."""
     out = {}
-    for name, r in results.items():
-        if r.status != "ok" or r.score is None:
+    cons = consensus(results)
+    items = list(results.items()) + ([("consensus", cons)] if cons is not None else [])
+    for name, r in items:
+        if name not in calib["components"] or r.status != "ok" or r.score is None:
             continue
         c = calib["components"].get(name, {"mean": 0.0, "sd": 1.0})
         out[name] = (float(r.score) - float(c["mean"])) / max(float(c["sd"]), 1e-3)
@@ -96,11 +129,13 @@ def fuse(results: dict[str, ProbeResult], calib: dict[str, Any]) -> tuple[float,
     z = standardise(results, calib)
     if not z:
         return float("nan"), None, z
+    cons = consensus(results)
+    everyone = dict(results, **({"consensus": cons} if cons is not None else {}))
     best = max(z, key=z.get)
-    votes = Counter(results[n].target_class for n in z if results[n].target_class is not None)
-    tgt = results[best].target_class
+    votes = Counter(everyone[n].target_class for n in z if everyone[n].target_class is not None)
+    tgt = everyone[best].target_class
     top, count = votes.most_common(1)[0] if votes else (None, 0)
-    if count >= 2 and z[best] < 2 * max(z[n] for n in z if results[n].target_class == top):
+    if count >= 2 and z[best] < 2 * max(z[n] for n in z if everyone[n].target_class == top):
         tgt = top
     return float(z[best]), tgt, z
 
@@ -161,7 +196,8 @@ class FusedBackdoorProbe(Probe):
                                         "target_class": r.target_class, "flagged": r.flagged,
                                         "summary": r.summary, "details": r.details,
                                         "seconds": r.budget.seconds} for n, r in results.items()},
-                     "suspected_target_any": tgt, "sample_source": source,
+                     "consensus": None if consensus(results) is None else consensus(results).score,
+                     "z": z, "suspected_target_any": tgt, "sample_source": source,
                      "calibration": {"source": calib.get("source"), "n_clean": calib.get("n_clean")}},
             evidence=[e for r in ok for e in r.evidence],
             budget=budget, seed=cfg.seed,

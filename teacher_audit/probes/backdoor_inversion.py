@@ -154,7 +154,7 @@ class InversionProbe(Probe):
         inv = invert_triggers(teacher, x, cfg, clock)
         self.last_inverted = inv
         tgt = int(np.argmin(inv.norms))
-        score = robust_z(np.log10(np.clip(inv.norms, 1e-4, 1.0)), tgt, low_is_anomalous=True)
+        score = robust_z(np.log10(np.clip(inv.norms, 1e-4, 1.0)), tgt, low_is_anomalous=True, min_mad=0.1)
         flagged = score > cfg.threshold
         trig = inv.masks[tgt] * inv.patterns[tgt]
         stamped = (1 - inv.masks[tgt]) * x[:16] + inv.masks[tgt] * inv.patterns[tgt]
