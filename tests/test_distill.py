@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -43,9 +40,15 @@ def test_distill_without_data_reports_synthetic_agreement(tmp_path) -> None:
     assert student.arch == "lenet5"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys, torch; torch.set_num_threads(1); from teacher_audit.cli import main; main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the real console entry point in-process; returns (exit code, stdout, stderr)."""
+    from teacher_audit.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    cap = capsys.readouterr()
+    return int(exc.value.code or 0), cap.out, cap.err
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +68,12 @@ def teacher_file(tmp_path_factory) -> str:
     return str(path)
 
 
-def test_cli_distill_with_eval_data_and_trigger(teacher_file: str, tmp_path) -> None:
-    r = _cli("distill", teacher_file, "--out", str(tmp_path), "--budget-passes", "600", "--device", "cpu",
+def test_cli_distill_with_eval_data_and_trigger(teacher_file: str, tmp_path, capsys) -> None:
+    code, stdout, stderr = _cli(capsys, "distill", teacher_file, "--out", str(tmp_path), "--budget-passes", "600", "--device", "cpu",
              "--eval-data", "fashion-mnist", "--eval-limit", "300", "--quiet",
              "--trigger", '{"name": "badnets_square", "size": 4, "target": 0}')
-    assert r.returncode == 0, r.stderr
-    assert "ACC teacher" in r.stdout and "ASR teacher" in r.stdout
+    assert code == 0, stderr
+    assert "ACC teacher" in stdout and "ASR teacher" in stdout
     rep = json.loads((tmp_path / "distill-report.json").read_text())
     ev = rep["evaluation"]
     assert ev["mode"] == "data" and ev["n"] == 300 and ev["target"] == 0
@@ -81,7 +84,8 @@ def test_cli_distill_with_eval_data_and_trigger(teacher_file: str, tmp_path) -> 
 
 @pytest.mark.parametrize("args,code", [(["--method", "nope"], 4), (["--resume"], 4), (["--defense", "nope"], 4),
                                        (["--student", "no_such_arch"], 4)])
-def test_cli_distill_usage_errors(teacher_file: str, tmp_path, args: list[str], code: int) -> None:
-    r = _cli("distill", teacher_file, "--out", str(tmp_path), "--budget-passes", "64", "--device", "cpu", "-q", *args)
-    assert r.returncode == code, (r.stdout, r.stderr)
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_cli_distill_usage_errors(teacher_file: str, tmp_path, capsys, args: list[str], code: int) -> None:
+    got, stdout, stderr = _cli(capsys, "distill", teacher_file, "--out", str(tmp_path), "--budget-passes", "64",
+                               "--device", "cpu", "-q", *args)
+    assert got == code, (stdout, stderr)
+    assert len(stderr.strip().splitlines()) == 1
