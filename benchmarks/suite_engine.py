@@ -76,6 +76,8 @@ def load_clean() -> Teacher:
 
 # ----------------------------------------------------------------------------- fmnist
 def fmnist(args: argparse.Namespace, argv: list[str]) -> None:
+    """One run per preset; each writes ``fmnist-<preset>.json``; the table is rendered from all of them,
+    so presets can run in separate (parallel) invocations."""
     from teacher_audit.data import load_dataset
     from teacher_audit.distill import Evaluator
 
@@ -84,7 +86,6 @@ def fmnist(args: argparse.Namespace, argv: list[str]) -> None:
     full = Evaluator(test.x, test.y, teacher.spec.value_range)
     curve = Evaluator(test.x[:2000], test.y[:2000], teacher.spec.value_range)
     t_acc = full(teacher.model)["acc"]
-    rows, raw = [], {}
     for name in args.presets.split(","):
         cfg = PRESETS.get(name)()
         for kv in args.set or []:
@@ -92,30 +93,40 @@ def fmnist(args: argparse.Namespace, argv: list[str]) -> None:
             setattr(cfg, k, json.loads(v))
         c0 = time.process_time()
         engine = Engine(teacher, cfg, device="cpu", seed=args.seed)
-        cpu_marks: list[float] = []
 
         def ev(s: torch.nn.Module) -> dict[str, float]:
-            cpu_marks.append(time.process_time() - c0)
-            return {**curve(s), "cpu_seconds": round(time.process_time() - c0, 1)}
+            out = {**curve(s), "cpu_seconds": round(time.process_time() - c0, 1)}
+            print(f"  {name}: passes {engine.passes} cpu {out['cpu_seconds']} s acc {100 * out['acc']:.2f}",
+                  flush=True)
+            return out
 
         res = engine.run(budget_passes=args.passes, budget_seconds=args.seconds, progress=False, evaluate=ev,
                          eval_every_passes=max(1, (args.passes or 40000) // args.points))
         cpu = time.process_time() - c0
         acc = full(res.student)["acc"]
         curve_pts = [(h["passes"], h["acc"], h["cpu_seconds"]) for h in res.history if h["kind"] == "eval"]
-        raw[name] = {"config": cfg.to_dict(), "passes": res.passes, "wall_seconds": res.seconds,
-                     "cpu_seconds": cpu, "student_acc": acc, "teacher_acc": t_acc, "curve": curve_pts}
-        save_json("fmnist", raw)
-        rows.append(f"| {name} | {res.passes} | {res.seconds:.0f} | {cpu:.0f} | {100 * acc:.2f} | "
-                    f"{100 * acc / t_acc:.1f} | " + ", ".join(f"{p // 1000}k: {100 * a:.1f}" for p, a, _ in curve_pts)
-                    + " |")
-        print(rows[-1], flush=True)
+        save_json(f"fmnist-{name}", {
+            "preset": name, "command": argv, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="minutes"),
+            "load_at_start": os.getloadavg()[0], "overrides": args.set or [], "config": cfg.to_dict(),
+            "passes": res.passes, "wall_seconds": res.seconds, "cpu_seconds": cpu, "student_acc": acc,
+            "teacher_acc": t_acc, "curve": curve_pts})
+        print(f"{name}: student {100 * acc:.2f} % (teacher {100 * t_acc:.2f} %), {res.passes} passes, "
+              f"{res.seconds:.0f} s wall, {cpu:.0f} s CPU", flush=True)
+    rows = []
+    for f in sorted(RESULTS.glob("fmnist-*.json")):
+        r = json.loads(f.read_text())
+        pts = ", ".join(f"{p / 1000:.0f}k/{c:.0f}s: {100 * a:.1f}" for p, a, c in r["curve"])
+        over = " ".join(r["overrides"]) or "—"
+        rows.append(f"| {r['preset']} | {over} | {r['passes']} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} | "
+                    f"{100 * r['student_acc']:.2f} | {100 * r['student_acc'] / r['teacher_acc']:.1f} | {pts} | "
+                    f"`{' '.join(r['command'])}` |")
     body = header(argv) + (
         f"\nTeacher `zoo-cache/{CLEAN}` (smallcnn, ACC {100 * t_acc:.2f} % on the 10,000-image test set); student "
-        "smallcnn from random init; no real image is seen. Student ACC on the full test set; the curve is "
-        "student ACC on the first 2,000 test images against teacher image passes (k = 1,000).\n\n"
-        "| preset | teacher passes | wall s | CPU s | student ACC % | % of teacher | curve (passes: ACC %) |\n"
-        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        "smallcnn from random init; no real image is used for training. *Student ACC*: full test set. *Curve*: "
+        "student ACC on the first 2,000 test images at `passes/CPU seconds` points. One torch thread, so CPU "
+        "seconds are the wall time of an idle machine; wall seconds here include waiting for other jobs.\n\n"
+        "| preset | overrides | teacher passes | wall s | CPU s | student ACC % | % of teacher | curve (passes/CPU s: ACC %) | arguments |\n"
+        "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     write_section("Engine: Fashion-MNIST DFKD", body)
 
 

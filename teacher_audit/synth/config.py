@@ -60,7 +60,7 @@ class EngineConfig:
     weight_decay: float = 5e-4
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     nz: int = 256
-    ngf: int = 32
+    ngf: int = 16
     meta: bool = False
     reptile_lr: float = 0.5
     pool_size: int = 0
