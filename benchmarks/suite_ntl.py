@@ -34,21 +34,24 @@ from teacher_audit.atomic import atomic_write_text  # noqa: E402
 from teacher_audit.teacher import Teacher  # noqa: E402
 
 ZOO = ROOT / "zoo-cache"
+ZOOS: list[Path] = [ZOO]  # --extra-zoo adds folders written by the same zoo builder
 RESULTS = ZOO / "ntl-results"
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
 # ----------------------------------------------------------------------------- zoo access
 def zoo_names() -> list[str]:
-    return sorted(p.name[: -len(".safetensors")] for p in ZOO.glob("*.safetensors")
-                  if (ZOO / (p.name + ".card.json")).exists())
+    names = {p.name[: -len(".safetensors")] for z in ZOOS for p in z.glob("*.safetensors")
+             if (z / (p.name + ".card.json")).exists()}
+    return sorted(names)
 
 
 def load(name: str) -> tuple[Teacher, dict[str, Any]]:
     from teacher_audit.intake.archs import build_arch
     from teacher_audit.zoo.build import load_zoo_teacher
 
-    net, spec, card = load_zoo_teacher(ZOO, name, build_arch)
+    folder = next((z for z in ZOOS if (z / f"{name}.safetensors").exists()), ZOO)
+    net, spec, card = load_zoo_teacher(folder, name, build_arch)
     return Teacher.from_net(net, spec, arch=card["arch"], fmt="safetensors"), card
 
 
@@ -144,7 +147,7 @@ def suite_asym(args: argparse.Namespace) -> None:
                          "kl8_median": float(kl.median()), "conf": float(p.max(1)[0].mean()),
                          "top_class_share": float(p.argmax(1).bincount(minlength=p.shape[1]).max() / x.shape[0])})
             print(rows[-1], flush=True)
-    save_json("asym", rows)
+    save_json("asym" + args.out, rows)
     lines = ["| teacher | kind | data | acc | median flip ε (/255) | robust beyond 32/255 | median KL @ 8/255 | "
              "confidence | top-class share |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -175,14 +178,14 @@ def run_probe(name: str, seed: int, preset: str) -> dict[str, Any]:
 def suite_detect(args: argparse.Namespace) -> None:
     names = args.teachers.split(",") if args.teachers else zoo_names()
     rows = []
-    prev = {(r["teacher"], r["seed"]): r for r in (json.loads((RESULTS / "detect.json").read_text())
-                                                    if (RESULTS / "detect.json").exists() and args.reuse else [])}
+    prev = {(r["teacher"], r["seed"]): r for r in (json.loads((RESULTS / f"detect{args.out}.json").read_text())
+                                                    if (RESULTS / f"detect{args.out}.json").exists() and args.reuse else [])}
     for name in names:
         for seed in [int(s) for s in args.seeds.split(",")]:
             r = prev.get((name, seed)) or run_probe(name, seed, args.preset)
             rows.append(r)
             print(f"{name} seed {seed}: score {r['score']:.3f} flagged {r['flagged']} {r['seconds']:.1f}s", flush=True)
-            save_json("detect", rows)
+            save_json("detect" + args.out, rows)
     pos = [r["score"] for r in rows if r["kind"].startswith("ntl")]
     neg = [r["score"] for r in rows if not r["kind"].startswith("ntl")]
     clean_flagged = [r["teacher"] for r in rows if r["kind"] == "clean" and r["flagged"]]
@@ -244,7 +247,7 @@ def suite_defense(args: argparse.Namespace) -> None:
                 row["atesc_robust_share"] = float(np.mean([x["robust_share"] for x in st])) if st else 0.0
         rows.append(row)
         print(row, flush=True)
-        save_json("defense", rows)
+        save_json("defense" + args.out, rows)
 
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.1f}"
@@ -275,7 +278,10 @@ def main() -> None:
     ap.add_argument("--preset", default="dfq")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reuse", action="store_true", help="reuse rows of an earlier detect run")
+    ap.add_argument("--extra-zoo", action="append", default=[], help="another folder of zoo-built teachers")
+    ap.add_argument("--out", default="", help="results file suffix (keeps runs apart)")
     args = ap.parse_args()
+    ZOOS.extend(Path(p) for p in args.extra_zoo)
     torch.set_num_threads(args.threads)
     {"asym": suite_asym, "detect": suite_detect, "defense": suite_defense}[args.suite](args)
 

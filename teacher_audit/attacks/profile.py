@@ -51,16 +51,16 @@ class ProfileConfig:
     """
 
     n_early: int = 32
-    n_synth: int = 96
+    n_synth: int = 64
     synth_steps: int = 10
-    dfkd_passes: int = 3000
-    n_dfkd: int = 96
+    dfkd_passes: int = 2000
+    n_dfkd: int = 64
     eps_max: float = 32 / 255
     eps_min: float = 0.1 / 255
     bisection_steps: int = 4
     pgd_steps: int = 5
     kl_eps: float = 8 / 255
-    kl_steps: int = 5
+    kl_steps: int = 0
 
 
 @dataclass

@@ -20,9 +20,9 @@ Method:
    median, confidence/entropy of robust vs fragile samples, and the classes robust samples collapse to;
 4. score (see :func:`ntl_score`) against a threshold calibrated on clean zoo teachers.
 
-Options (``NTLConfig``) with defaults: profile budget (``ProfileConfig``: 32 + 96 + 96 samples,
-eps_max 32/255, 4 bisection rounds x 5 PGD steps), ``tail_gap`` 0.6 decades, ``threshold`` from the
-calibration in ``docs/ntl.md``.
+Options (``NTLConfig``) with defaults: profile budget (``ProfileConfig``: 32 + 64 + 64 samples,
+eps_max 32/255, 4 bisection rounds x 5 PGD steps), ``robust_floor`` 8/255, ``tail_gap`` 0.6 decades
+(reported only), ``threshold`` from the calibration in ``docs/ntl.md``.
 
 Outputs: ``ProbeResult`` (threat ``ntl``) with the score, the threshold, the class robust samples
 collapse to as ``target_class``, features in ``details`` and evidence: the robustness histogram
