@@ -124,6 +124,12 @@ def with_consensus(row: dict[str, Any]) -> dict[str, Any]:
         norms = np.clip(np.asarray(inv["details"]["mask_norms"], dtype=float), 1e-4, 1.0)
         t = int(np.argmin(norms))
         row["components"]["backdoor_inversion"] = dict(inv, target=t, score=robust_z(np.log10(norms), t, True, 0.1))
+    sh = row["components"].get("backdoor_shuffle")
+    if sh and sh.get("details") and "agreement_overall" in sh["details"]:
+        d = sh["details"]
+        agree = d.get("agreeing_classes") or d.get("agreement") or [0]
+        row["components"]["backdoor_shuffle"] = dict(sh, score=100.0 * float(d["agreement_overall"]),
+                                                     target=int(np.argmax(agree)))
     c = consensus(as_results(row))
     row["components"]["consensus"] = {"score": None if c is None else c.score,
                                       "target": None if c is None else c.target_class, "status": "ok" if c else "error"}
@@ -223,13 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="substring filter on teacher names")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--onnx", action="store_true", help="also score BN-folded ONNX exports of the zoo teachers")
+    ap.add_argument("--cache", default="backdoor_scores.json", help="score cache file name inside the zoo dir")
+    ap.add_argument("--extra-cache", action="append", default=[], help="more cache files to read (parallel runs)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     zoo = Path(args.zoo)
     cfg = FusedConfig()
     key = config_key(cfg) + ":" + args.preset
-    cache_path = zoo / "backdoor_scores.json"
-    cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    cache_path = zoo / args.cache
+    cache: dict[str, Any] = {}
+    for name in [args.cache, *args.extra_cache]:
+        if (zoo / name).exists():
+            cache.update(json.loads((zoo / name).read_text()))
     rows = []
     # clean teachers first: they set the calibration, so a partial run is still usable
     paths = sorted((p for p in zoo.glob("*.safetensors") if Path(str(p) + ".card.json").exists()),

@@ -186,8 +186,10 @@ class FusedBackdoorProbe(Probe):
         else:
             sev = Severity.LOW if own else Severity.INFO
         lead = max(z, key=z.get)
+        cons = consensus(results)
+        lead_summary = cons.summary if lead == "consensus" and cons is not None else results[lead].summary
         summary = (f"backdoor suspected, target class {tgt} (fused z {score:.1f} > {thr:.1f}; strongest signal: "
-                   f"{results[lead].summary})" if flagged else
+                   f"{lead_summary})" if flagged else
                    f"no backdoor signal above threshold (fused z {score:.1f} <= {thr:.1f})")
         return ProbeResult(
             probe=self.name, threat="backdoor", score=score, threshold=thr, flagged=flagged, severity=sev,
@@ -196,7 +198,7 @@ class FusedBackdoorProbe(Probe):
                                         "target_class": r.target_class, "flagged": r.flagged,
                                         "summary": r.summary, "details": r.details,
                                         "seconds": r.budget.seconds} for n, r in results.items()},
-                     "consensus": None if consensus(results) is None else consensus(results).score,
+                     "consensus": None if cons is None else {"score": cons.score, "target_class": cons.target_class},
                      "z": z, "suspected_target_any": tgt, "sample_source": source,
                      "calibration": {"source": calib.get("source"), "n_clean": calib.get("n_clean")}},
             evidence=[e for r in ok for e in r.evidence],

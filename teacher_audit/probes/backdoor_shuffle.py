@@ -18,9 +18,11 @@ Options (``ShuffleConfig``): ``samples`` synthetic samples (256), ``n_layers`` s
 ``n_models`` suspects in the ensemble (3), ``tail_sigma`` (3.0), ``synth_steps``, ``threshold`` on
 the score (robust z), ``limit_seconds``, ``seed``.
 
-Output: ``score`` = tail ratio in percent (ABD switches SV on above 2), ``target_class`` = the
-teacher's most frequent label among the tail samples; details: tail ratio, per-class agreement and
-suspect prediction shares; evidence: the synthetic samples on which suspect and teacher agree most
+Output: ``score`` = share (%) of synthetic samples on which the suspect ensemble and the teacher
+agree (same argmax) — measured on tiny teachers, this separated backdoored from clean better than
+the tail ratio, which is kept in the details (ABD switches SV on above 0.02); ``target_class`` = the
+teacher's most frequent label among the agreeing samples; details: tail ratio, per-class agreement
+and suspect prediction shares; own threshold 50 % (nominal; the fused probe calibrates); evidence: the synthetic samples on which suspect and teacher agree most
 (lowest KL), i.e. the most trigger-like samples.
 """
 
@@ -49,7 +51,7 @@ class ShuffleConfig:
     n_models: int = 3
     tail_sigma: float = 3.0
     synth_steps: int | None = None
-    threshold: float = 2.0
+    threshold: float = 50.0
     limit_seconds: float | None = 15.0
     seed: int = 0
 
@@ -98,12 +100,10 @@ class ShuffleProbe(Probe):
         share = torch.bincount(s_pred, minlength=k).float().cpu().numpy() / len(s_pred)
         agree = np.array([float((s_pred[t_pred == c] == c).float().mean()) if (t_pred == c).any() else 0.0
                           for c in range(k)])
-        lk = torch.log10(kl.clamp_min(1e-12))
-        tail = lk < lk.mean() - cfg.tail_sigma * lk.std()
-        low = tail if int(tail.sum()) >= 3 else lk <= torch.quantile(lk, 0.05)
-        tail_hist = torch.bincount(t_pred[low], minlength=k).float().cpu().numpy()
-        tgt = int(np.argmax(tail_hist))
-        score = 100.0 * tr
+        agreeing = s_pred == t_pred
+        agree_hist = torch.bincount(t_pred[agreeing], minlength=k).float().cpu().numpy()
+        tgt = int(np.argmax(agree_hist)) if agree_hist.sum() > 0 else int(np.argmax(share))
+        score = 100.0 * float(agreeing.float().mean())
         flagged = score > cfg.threshold
         order = torch.argsort(kl)[:16]
         ev = png_evidence("suspect_samples", "synthetic samples on which the shuffled suspect agrees most with "
@@ -111,9 +111,9 @@ class ShuffleProbe(Probe):
         return ProbeResult(
             probe=self.name, threat="backdoor", score=score, threshold=cfg.threshold, flagged=flagged,
             severity=Severity.MEDIUM if flagged else Severity.INFO, target_class=tgt,
-            summary=(f"tail ratio {tr:.3f} (share of samples where shuffled suspects still agree with the "
-                     f"teacher far more than usual); those samples are mostly class {tgt}"),
-            details={"tail_ratio": tr, "tail_classes": tail_hist.astype(int).tolist(), "suspect_share": share.round(4).tolist(), "agreement": agree.round(4).tolist(),
+            summary=(f"shuffled suspects still agree with the teacher on {score:.0f}% of synthetic samples, "
+                     f"mostly class {tgt}; tail ratio {tr:.3f}"),
+            details={"tail_ratio": tr, "agreeing_classes": agree_hist.astype(int).tolist(), "suspect_share": share.round(4).tolist(), "agreement": agree.round(4).tolist(),
                      "agreement_overall": float((s_pred == t_pred).float().mean()),
                      "shuffled_layers": suspects[0].layers, "sample_source": source},
             evidence=[e for e in [ev] if e is not None],
