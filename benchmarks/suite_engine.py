@@ -105,7 +105,7 @@ def fmnist(args: argparse.Namespace, argv: list[str]) -> None:
         cpu = time.process_time() - c0
         acc = full(res.student)["acc"]
         curve_pts = [(h["passes"], h["acc"], h["cpu_seconds"]) for h in res.history if h["kind"] == "eval"]
-        save_json(f"fmnist-{name}", {
+        save_json(f"fmnist-{name}-{res.passes // 1000}k", {
             "preset": name, "command": argv, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="minutes"),
             "load_at_start": os.getloadavg()[0], "overrides": args.set or [], "config": cfg.to_dict(),
             "passes": res.passes, "wall_seconds": res.seconds, "cpu_seconds": cpu, "student_acc": acc,
@@ -279,7 +279,7 @@ def resume(args: argparse.Namespace, argv: list[str]) -> None:
     body = header(argv) + (
         f"\nTeacher `zoo-cache/{CLEAN}`, student smallcnn, seed {args.seed}, CPU. The first run receives SIGINT "
         f"(as from Ctrl-C) during its {args.kill_at}th student batch, stops at the next iteration boundary and "
-        "writes its checkpoint; a new process-state engine resumes from it. Compared with an uninterrupted run "
+        "writes its checkpoint; a freshly built engine resumes from it. Compared with an uninterrupted run "
         "of the same budget: max abs difference over every student parameter and buffer.\n\n"
         "| preset | budget (passes) | interrupted at (passes) | resumed run ended at | max abs diff | bit-identical |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
