@@ -112,8 +112,16 @@ def fmnist(args: argparse.Namespace, argv: list[str]) -> None:
             "teacher_acc": t_acc, "curve": curve_pts})
         print(f"{name}: student {100 * acc:.2f} % (teacher {100 * t_acc:.2f} %), {res.passes} passes, "
               f"{res.seconds:.0f} s wall, {cpu:.0f} s CPU", flush=True)
+    render_fmnist(argv, t_acc)
+
+
+def render_fmnist(argv: list[str], t_acc: float | None = None) -> None:
+    """(Re)write the Fashion-MNIST section from every ``fmnist-*.json`` result file."""
+    files = sorted(RESULTS.glob("fmnist-*.json"))
+    if t_acc is None:
+        t_acc = json.loads(files[0].read_text())["teacher_acc"] if files else float("nan")
     rows = []
-    for f in sorted(RESULTS.glob("fmnist-*.json")):
+    for f in files:
         r = json.loads(f.read_text())
         pts = ", ".join(f"{p / 1000:.0f}k/{c:.0f}s: {100 * a:.1f}" for p, a, c in r["curve"])
         over = " ".join(r["overrides"]) or "—"
@@ -124,7 +132,8 @@ def fmnist(args: argparse.Namespace, argv: list[str]) -> None:
         f"\nTeacher `zoo-cache/{CLEAN}` (smallcnn, ACC {100 * t_acc:.2f} % on the 10,000-image test set); student "
         "smallcnn from random init; no real image is used for training. *Student ACC*: full test set. *Curve*: "
         "student ACC on the first 2,000 test images at `passes/CPU seconds` points. One torch thread, so CPU "
-        "seconds are the wall time of an idle machine; wall seconds here include waiting for other jobs.\n\n"
+        "seconds approximate the wall time on an idle machine; wall seconds here include waiting for the other "
+        "jobs of a shared, overloaded machine.\n\n"
         "| preset | overrides | teacher passes | wall s | CPU s | student ACC % | % of teacher | curve (passes/CPU s: ACC %) | arguments |\n"
         "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     write_section("Engine: Fashion-MNIST DFKD", body)
@@ -302,12 +311,16 @@ def main(argv: list[str]) -> None:
     b.add_argument("--batch", type=int, default=64)
     b.add_argument("--iters", type=int, default=2)
     b.add_argument("--repeats", type=int, default=3)
+    sub.add_parser("table", help="re-render the Fashion-MNIST table from the saved result files")
     c = sub.add_parser("resume")
     c.add_argument("--presets", default="dfq,fast")
     c.add_argument("--passes", type=int, default=6000)
     c.add_argument("--kill-at", type=int, default=12)
     c.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.suite == "table":
+        render_fmnist(argv)
+        return
     {"fmnist": fmnist, "overhead": overhead, "resume": resume}[args.suite](args, argv)
 
 
