@@ -180,6 +180,9 @@ def suite_detect(args: argparse.Namespace) -> None:
     rows = []
     prev = {(r["teacher"], r["seed"]): r for r in (json.loads((RESULTS / f"detect{args.out}.json").read_text())
                                                     if (RESULTS / f"detect{args.out}.json").exists() and args.reuse else [])}
+    if args.merge:  # tabulate every earlier detect*.json run instead of probing again
+        rows = [r for f in sorted(RESULTS.glob("detect*.json")) for r in json.loads(f.read_text())]
+        names = []
     for name in names:
         for seed in [int(s) for s in args.seeds.split(",")]:
             r = prev.get((name, seed)) or run_probe(name, seed, args.preset)
@@ -231,7 +234,7 @@ def suite_defense(args: argparse.Namespace) -> None:
 
         row: dict[str, Any] = {"teacher": name, "kind": kind_of(card), "teacher_id": acc(teacher.model, data.x),
                                "teacher_ood": acc(teacher.model, xo) if xo is not None else None}
-        for defense in ("none", "atesc"):
+        for defense in args.defenses.split(","):
             torch.manual_seed(0)
             engine = Engine(teacher, PRESETS.get(args.preset)(), device="cpu", seed=0)
             hooks = DEFENSES.get(defense)(teacher, engine)
@@ -256,6 +259,9 @@ def suite_defense(args: argparse.Namespace) -> None:
              "ATEsc student ID/OOD | ATEsc agree w/ misleading OOD | ATEsc robust share |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        for k in ("none_id", "none_ood", "none_agree_ood", "atesc_id", "atesc_ood", "atesc_agree_ood"):
+            r.setdefault(k, None)
+        r.setdefault("atesc_robust_share", float("nan"))
         lines.append(f"| {r['teacher']} | {r['kind']} | {pct(r['teacher_id'])}/{pct(r['teacher_ood'])} | "
                      f"{pct(r['none_id'])}/{pct(r['none_ood'])} | {pct(r['none_agree_ood'])} | "
                      f"{pct(r['atesc_id'])}/{pct(r['atesc_ood'])} | {pct(r['atesc_agree_ood'])} | "
@@ -280,6 +286,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse rows of an earlier detect run")
     ap.add_argument("--extra-zoo", action="append", default=[], help="another folder of zoo-built teachers")
     ap.add_argument("--out", default="", help="results file suffix (keeps runs apart)")
+    ap.add_argument("--merge", action="store_true", help="detect: tabulate all earlier detect*.json runs")
+    ap.add_argument("--defenses", default="none,atesc", help="defense: which defenses to run")
     args = ap.parse_args()
     ZOOS.extend(Path(p) for p in args.extra_zoo)
     torch.set_num_threads(args.threads)
