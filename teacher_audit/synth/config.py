@@ -112,8 +112,8 @@ def dfq() -> EngineConfig:
 @PRESETS.register("fast", paper="Fang et al., AAAI 2022")
 def fast() -> EngineConfig:
     """Meta-learned generator re-used across batches, few adaptation steps, replay pool."""
-    return EngineConfig(name="fast", weights={"bn": 1.0, "oh": 0.5, "adv": 0.5, "balance": 5.0},
-                        temperature=20.0, gen_steps=2, kd_steps=5, lr_g=5e-3, lr_z=0.015, meta=True,
+    return EngineConfig(name="fast", weights={"bn": 10.0, "oh": 1.0, "adv": 0.5, "balance": 5.0},
+                        temperature=20.0, gen_steps=5, kd_steps=10, lr_g=5e-3, lr_z=0.015, meta=True,
                         reptile_lr=0.5, pool_size=20_000)
 
 
@@ -122,5 +122,5 @@ def cmi() -> EngineConfig:
     """Fast's loop plus the light contrastive ``cr`` term (see losses.py: a reconstruction)."""
     cfg = fast()
     cfg.name = "cmi"
-    cfg.weights = {"bn": 1.0, "oh": 1.0, "adv": 0.5, "cr": 0.8}
+    cfg.weights = {"bn": 10.0, "oh": 1.0, "adv": 0.5, "cr": 0.8}
     return cfg
