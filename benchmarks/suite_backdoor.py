@@ -136,11 +136,17 @@ def with_consensus(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+FUSED = ("backdoor_margin", "backdoor_inversion", "consensus")
+"""Components that enter the fused score. ``backdoor_shuffle`` still runs and is reported, but its
+agreement score did not separate on the zoo (AUROC ~0.5; a BN-folded ONNX export of a clean teacher
+scored like a backdoor), so it is left out of the fusion."""
+
+
 def calibrate(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
     """Per-component clean mean/sd and the fused threshold (max clean fused + margin)."""
     clean = [r for r in rows if r["kind"] == "clean"]
     comps: dict[str, dict[str, float]] = {}
-    for n in COMPONENTS:
+    for n in FUSED:
         v = np.array([r["components"][n]["score"] for r in clean if r["components"].get(n, {}).get("score") is not None])
         if len(v):
             comps[n] = {"mean": round(float(v.mean()), 4), "sd": round(max(float(v.std(ddof=1)) if len(v) > 1 else 0.0,
@@ -229,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="substring filter on teacher names")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--onnx", action="store_true", help="also score BN-folded ONNX exports of the zoo teachers")
+    ap.add_argument("--cached-only", action="store_true", help="evaluate cached scores only; score nothing new")
     ap.add_argument("--cache", default="backdoor_scores.json", help="score cache file name inside the zoo dir")
     ap.add_argument("--extra-cache", action="append", default=[], help="more cache files to read (parallel runs)")
     args = ap.parse_args(argv)
@@ -252,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and args.only not in path.name:
             continue
         ck = file_sha(path) + ":" + key
+        if ck not in cache and args.cached_only:
+            continue
         if ck not in cache:
             print(f"scoring {path.name} ...", file=sys.stderr, flush=True)
             cache[ck] = score_teacher(path, cfg, args.preset)
