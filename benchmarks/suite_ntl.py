@@ -123,6 +123,9 @@ def suite_asym(args: argparse.Namespace) -> None:
     cards = {n: load(n)[1] for n in names}
     domains = ood_domains(cards)
     rows: list[dict[str, Any]] = []
+    if args.merge:  # tabulate every earlier asym*.json run instead of measuring again
+        rows = [r for f in sorted(RESULTS.glob("asym*.json")) for r in json.loads(f.read_text())]
+        names = []
     for name in names:
         teacher, card = load(name)
         kind = kind_of(card)
@@ -147,7 +150,8 @@ def suite_asym(args: argparse.Namespace) -> None:
                          "kl8_median": float(kl.median()), "conf": float(p.max(1)[0].mean()),
                          "top_class_share": float(p.argmax(1).bincount(minlength=p.shape[1]).max() / x.shape[0])})
             print(rows[-1], flush=True)
-    save_json("asym" + args.out, rows)
+    if not args.merge:
+        save_json("asym" + args.out, rows)
     lines = ["| teacher | kind | data | acc | median flip ε (/255) | robust beyond 32/255 | median KL @ 8/255 | "
              "confidence | top-class share |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -21,8 +21,8 @@ Method:
 4. score (see :func:`ntl_score`) against a threshold calibrated on clean zoo teachers.
 
 Options (``NTLConfig``) with defaults: profile budget (``ProfileConfig``: 32 + 64 + 64 samples,
-eps_max 32/255, 4 bisection rounds x 5 PGD steps), ``robust_floor`` 8/255, ``tail_gap`` 0.6 decades
-(reported only), ``threshold`` from the calibration in ``docs/ntl.md``.
+eps_max 32/255, 4 bisection rounds x 5 PGD steps), ``robust_floor`` 8/255 (mixture modes), ``tail_gap`` 0.6
+decades (relative tail), ``threshold`` from the calibration in ``docs/ntl.md``.
 
 Outputs: ``ProbeResult`` (threat ``ntl``) with the score, the threshold, the class robust samples
 collapse to as ``target_class``, features in ``details`` and evidence: the robustness histogram
@@ -47,7 +47,7 @@ from teacher_audit.severity import Severity
 from teacher_audit.teacher import Teacher
 
 #: Default decision threshold on :func:`ntl_score`, calibrated on clean zoo teachers (docs/ntl.md).
-DEFAULT_THRESHOLD = 0.15
+DEFAULT_THRESHOLD = 0.08
 
 
 @dataclass
@@ -56,7 +56,7 @@ class NTLConfig:
 
     Attributes:
         profile: sample and attack budget (see :class:`ProfileConfig`).
-        tail_gap: decades above the median radius that count as "robust tail" (reported).
+        tail_gap: decades above the median radius that count as the relative "robust tail".
         robust_floor: radius (grey levels /255) from which a sample counts as robust.
         threshold: decision threshold on the score.
         seed: PGD random starts.
@@ -91,16 +91,18 @@ def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) ->
     robust_main = split.robust.numpy() if bimodal else np.zeros(rm.size, dtype=bool)
     above = rm >= floor
     tail = rm > med + tail_gap
-    rob = robust_main if robust_main.any() else above
+    rob = robust_main if robust_main.any() else tail
     k = prof.num_classes
     pred, conf, ent = prof.pred[main], prof.conf[main], prof.entropy[main]
     counts = np.bincount(pred[rob], minlength=k) if rob.any() else np.zeros(k, dtype=int)
     top = int(counts.argmax()) if rob.any() else None
     collapse = float(counts.max() / max(1, rob.sum())) if rob.any() else 0.0
 
+    cut = float(split.threshold) if bimodal else med + tail_gap
+
     def share(phase: str) -> float | None:
         m = prof.phase == phase
-        return float((r[m] >= floor).mean()) if m.any() else None
+        return float((r[m] > cut).mean()) if m.any() else None
 
     early = share("early")
     late = share("dfkd") if (prof.phase == "dfkd").any() else share("synth")
@@ -120,7 +122,7 @@ def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) ->
         "entropy_robust": float(ent[rob].mean()) if rob.any() else None,
         "entropy_fragile": float(ent[~rob].mean()) if (~rob).any() else None,
         "robust_classes": counts.tolist(), "collapse_class": top, "collapse_share": collapse,
-        "split_threshold_log10": float(split.threshold) if bimodal else floor,
+        "split_threshold_log10": cut,
     }
 
 
@@ -128,10 +130,12 @@ def ntl_score(f: dict[str, Any]) -> float:
     """Fuse the features into one score in [0, 1] (higher = more NTL-like). See docs/ntl.md.
 
     ``score = min(1, s * (1 + max(0, conf_robust - conf_fragile)) + 0.5 * max(0, growth))`` with ``s``
-    the robust-mode share (mixture, when a robust mode above the floor exists) or else the share of
-    samples above the absolute robustness floor.
+    the robust-mode share: the mixture's robust mode when one above the floor exists, else the
+    *relative* robust tail (samples more than ``tail_gap`` decades above the median radius). The
+    absolute floor alone (``above_floor_share``, reported) scored 0 on every teacher of the zoo,
+    including a working NTL teacher (docs/ntl.md).
     """
-    share = max(f["robust_share"], f["above_floor_share"])
+    share = max(f["robust_share"], f["tail_share"])
     conf_gap = 0.0
     if f["conf_robust"] is not None and f["conf_fragile"] is not None:
         conf_gap = max(0.0, f["conf_robust"] - f["conf_fragile"])
@@ -176,8 +180,8 @@ class NTLRobustnessProbe(Probe):
         score = ntl_score(f)
         flagged = score >= cfg.threshold
         notes = list(prof.notes)
-        msg = (f"robust share {max(f['robust_share'], f['above_floor_share']):.2f} (flip radius >= "
-               f"{cfg.robust_floor:g}/255), median flip radius "
+        msg = (f"robust share {max(f['robust_share'], f['tail_share']):.2f} (mode above {cfg.robust_floor:g}/255 "
+               f"or > {cfg.tail_gap:g} decades above the median), median flip radius "
                f"{f['median_eps255']:.2f}/255, score {score:.3f} vs threshold {cfg.threshold:.3f}")
         if flagged and f["collapse_share"] >= 0.8:
             notes.append(f"robust samples collapse to class {f['collapse_class']} "
