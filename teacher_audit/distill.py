@@ -53,7 +53,7 @@ class DistillOptions:
         overrides: ``EngineConfig`` field -> value applied on top of the preset.
     """
 
-    method: str = "dfq"
+    method: str = "fast"
     student_arch: str | None = None
     defense: str = "none"
     defense_options: dict[str, Any] = field(default_factory=dict)
