@@ -20,7 +20,7 @@ apt:
 	@bash scripts/apt-deps.sh $(APT_PKGS)
 
 demo: install apt
-	$(TA) scan examples/teachers/backdoor_badnets_smallcnn.safetensors --md demo-report.md --json demo-report.json; \
+	$(TA) scan examples/teachers/backdoor_blend_smallcnn.safetensors --md demo-report.md --json demo-report.json; \
 	  code=$$?; echo "exit code $$code (0 pass, 1 findings, 2 error, 3 not auditable, 4 usage)"; \
 	  test $$code -le 1
 
