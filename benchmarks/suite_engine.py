@@ -20,7 +20,6 @@ import datetime as _dt
 import json
 import os
 import re
-import signal
 import statistics
 import sys
 import time
@@ -34,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from teacher_audit.atomic import atomic_write_text  # noqa: E402
-from teacher_audit.synth import PRESETS, BatchContext, Engine, Hook  # noqa: E402
+from teacher_audit.synth import PRESETS, Engine  # noqa: E402
+from teacher_audit.synth.tiny import InterruptAt  # noqa: E402
 from teacher_audit.teacher import Teacher  # noqa: E402
 
 ZOO = ROOT / "zoo-cache"
@@ -249,16 +249,6 @@ def overhead(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- resume
-class _CtrlC(Hook):
-    def __init__(self, at: int):
-        self.at, self.n = at, 0
-
-    def on_batch(self, ctx: BatchContext) -> None:
-        if ctx.phase == "student":
-            self.n += 1
-            if self.n == self.at:
-                os.kill(os.getpid(), signal.SIGINT)
-
 
 def resume(args: argparse.Namespace, argv: list[str]) -> None:
     import tempfile
@@ -273,7 +263,7 @@ def resume(args: argparse.Namespace, argv: list[str]) -> None:
         with tempfile.TemporaryDirectory() as d:
             first = make()
             try:
-                first.run(budget_passes=args.passes, progress=False, checkpoint_dir=d, hooks=[_CtrlC(at=args.kill_at)])
+                first.run(budget_passes=args.passes, progress=False, checkpoint_dir=d, hooks=[InterruptAt(at=args.kill_at)])
                 killed_at = None
             except KeyboardInterrupt:
                 killed_at = first.passes

@@ -12,12 +12,7 @@ from teacher_audit.synth.tiny import random_teacher
 FAST = {"batch_size": 32, "ngf": 8, "log_every": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_distill_without_data_reports_synthetic_agreement(tmp_path) -> None:

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import copy
-import os
-import signal
 
 import pytest
 import torch
 
 from teacher_audit.intake.spec import InputSpec
 from teacher_audit.synth import PRESETS, BatchContext, Engine, EngineConfig, Hook
-from teacher_audit.synth.tiny import TinyCNN, random_teacher
+from teacher_audit.synth.tiny import InterruptAt, TinyCNN, random_teacher
 from teacher_audit.teacher import Teacher
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets: one intra-op thread is faster, and far faster on a busy machine (no OpenMP spinning)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -134,19 +126,6 @@ def test_hooks_are_called_and_can_add_and_replace_losses(teacher: Teacher) -> No
     assert not all(torch.equal(before[k], plain.student.state_dict()[k]) for k in params)
 
 
-class CtrlC(Hook):
-    """Sends SIGINT to this process during the ``at``-th student batch (like a user's Ctrl-C)."""
-
-    def __init__(self, at: int):
-        self.at, self.n = at, 0
-
-    def on_batch(self, ctx: BatchContext) -> None:
-        if ctx.phase == "student":
-            self.n += 1
-            if self.n == self.at:
-                os.kill(os.getpid(), signal.SIGINT)
-
-
 @pytest.mark.parametrize("preset", ["dfq", "fast"])
 def test_interrupted_run_resumes_to_the_same_student(preset: str, teacher: Teacher, tmp_path) -> None:
     budget = iterations(small(preset), 8)
@@ -155,7 +134,7 @@ def test_interrupted_run_resumes_to_the_same_student(preset: str, teacher: Teach
     ckpt = tmp_path / "ckpt"
     first = Engine(teacher, small(preset), student=student(), device="cpu", seed=3)
     with pytest.raises(KeyboardInterrupt):
-        first.run(budget_passes=budget, progress=False, checkpoint_dir=ckpt, hooks=[CtrlC(at=22)])
+        first.run(budget_passes=budget, progress=False, checkpoint_dir=ckpt, hooks=[InterruptAt(at=22)])
     assert (ckpt / "engine-state.pt").exists() and first.passes < budget
     second = Engine(teacher, small(preset), student=student(), device="cpu", seed=3)
     result = second.run(budget_passes=budget, progress=False, checkpoint_dir=ckpt, resume=True)

@@ -5,11 +5,15 @@ Not a zoo: the zoo builds the real test bench. These exist so engine tests need 
 
 from __future__ import annotations
 
+import os
+import signal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from teacher_audit.intake.spec import InputSpec
+from teacher_audit.synth.hooks import BatchContext, Hook
 from teacher_audit.teacher import Teacher
 
 FMNIST_SPEC = dict(channels=1, height=28, width=28, value_range=(0.0, 1.0), mean=(0.286,), std=(0.353,))
@@ -81,3 +85,16 @@ def tiny_teacher(bn: bool = True, n_train: int = 2000, epochs: int = 2, seed: in
         pass
     net.eval()
     return Teacher.from_net(net, spec, arch="tinycnn")
+
+
+class InterruptAt(Hook):
+    """Sends SIGINT to this process during the ``at``-th student batch, as a user's Ctrl-C would."""
+
+    def __init__(self, at: int):
+        self.at, self.n = at, 0
+
+    def on_batch(self, ctx: BatchContext) -> None:
+        if ctx.phase == "student":
+            self.n += 1
+            if self.n == self.at:
+                os.kill(os.getpid(), signal.SIGINT)
