@@ -123,3 +123,20 @@ def test_markup_in_names_is_not_interpreted(tmp_path: Path, capsys: pytest.Captu
     code, out, err = _run(capsys, str(p))
     assert code == 3
     assert "[bold]os" in out and "\x1b" not in out and "\x1b" not in err
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "teachers"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.safetensors")), ids=lambda p: p.stem)
+def test_inspect_resolves_every_bundled_example(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--json -`` puts only the JSON document on stdout; every example resolves to its card's arch/spec."""
+    code, out, err = _run(capsys, str(path), "--json", "-")
+    assert code == 0, err
+    doc = json.loads(out)
+    card = json.loads(path.with_name(path.name + ".card.json").read_text())
+    intake = doc["intake"]
+    assert doc["status"] == "ok" and intake["architecture"] == card["arch"]
+    spec = intake["input_spec"]
+    assert [spec["channels"], spec["height"], spec["width"]] == [card["input"][k] for k in ("channels", "height", "width")]
+    assert not Path("-").exists()

@@ -123,3 +123,18 @@ def test_ci_examples(tmp_path):
     res = git("commit", "-q", "-m", "model")
     assert res.returncode != 0 and "could not be audited" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_report_to_stdout_with_dash(tmp_path, capsys):
+    """``--json -`` puts exactly the JSON report on stdout (summary moves to stderr); two '-' is a usage error."""
+    teacher = make_teacher_file(tmp_path, "t.safetensors")
+    rules = rules_only(tmp_path, [TEST_PROBE])
+    with pytest.raises(SystemExit) as ei:
+        main(["scan", str(teacher), "--rules", str(rules), "--json", "-", "--quiet"])
+    cap = capsys.readouterr()
+    assert ei.value.code == 0, cap.err
+    doc = json.loads(cap.out)
+    assert doc["verdict"]["exit_code"] == 0 and not Path("-").exists()
+    with pytest.raises(SystemExit) as ei:
+        main(["scan", str(teacher), "--json", "-", "--md", "-"])
+    assert ei.value.code == 4 and "standard output" in capsys.readouterr().err

@@ -27,6 +27,11 @@ err = Console(stderr=True, highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def is_stdout(path: object) -> bool:
+    """True for the conventional ``-`` file argument, meaning standard output."""
+    return path is not None and str(path) == "-"
+
+
 def one_line(exc: BaseException) -> str:
     """A one-line, control-character-free rendering of an exception message."""
     text = str(exc) or exc.__class__.__name__

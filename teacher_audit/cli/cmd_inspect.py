@@ -9,13 +9,14 @@ architecture, TorchScript without ``--trust-torchscript``), 4 usage.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from teacher_audit.atomic import atomic_write_text
-from teacher_audit.cli.app import app, err, guarded, one_line, out
+from teacher_audit.cli.app import app, err, guarded, is_stdout, one_line, out
 from teacher_audit.errors import AuditError
 from teacher_audit.exitcodes import ExitCode, exit_code_for
 from teacher_audit.intake.inspect import inspect_document, inspect_path, render_table, spec_flags, to_json
@@ -27,7 +28,8 @@ from teacher_audit.intake.load import LoadOptions
 def inspect(
     path: Path = typer.Argument(..., help="Checkpoint file (.pt/.pth/.ckpt, .safetensors, .onnx, TorchScript); "
                                           "the format is detected from the content."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the intake result as JSON to this file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the intake result as JSON to this file ('-' = stdout, "
+                                                                "instead of the table)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture name from the registry (overrides the "
                                                             "matcher and the model card)."),
     allow_global: list[str] = typer.Option([], "--allow-global", metavar="MOD.NAME",
@@ -46,13 +48,23 @@ def inspect(
         intake = inspect_path(path, options)
     except AuditError as exc:
         partial = getattr(exc, "intake", None)
-        if partial is not None:
+        if partial is not None and not is_stdout(json_out):
             out.print(render_table(partial, exc))
         if json_out is not None:
-            atomic_write_text(json_out, to_json(inspect_document(partial, exit_code_for(exc), one_line(exc))))
+            _emit(json_out, to_json(inspect_document(partial, exit_code_for(exc), one_line(exc))))
         raise
-    out.print(render_table(intake))
+    if not is_stdout(json_out):
+        out.print(render_table(intake))
     if json_out is not None:
-        atomic_write_text(json_out, to_json(inspect_document(intake, ExitCode.PASS, None)))
-        err.print(f"wrote {json_out}", markup=False, highlight=False)
+        _emit(json_out, to_json(inspect_document(intake, ExitCode.PASS, None)))
     return ExitCode.PASS
+
+
+def _emit(target: Path, text: str) -> None:
+    """Write ``text`` atomically to ``target``, or to standard output for ``-``."""
+    if is_stdout(target):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    atomic_write_text(target, text)
+    err.print(f"wrote {target}", markup=False, highlight=False)

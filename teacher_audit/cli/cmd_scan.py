@@ -11,12 +11,13 @@ Human summary to stdout; progress and logs to stderr; all files written atomical
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from teacher_audit.cli.app import app, err, guarded, out
+from teacher_audit.cli.app import app, err, guarded, is_stdout, out
 from teacher_audit.errors import UsageError
 from teacher_audit.exitcodes import ExitCode
 from teacher_audit.report.model import Report, ScanSet
@@ -45,14 +46,19 @@ def _safe_name(path: str) -> str:
 
 def write_outputs(doc: Report | ScanSet, *, json_path: Optional[Path], md_path: Optional[Path],
                   html_path: Optional[Path], sarif_path: Optional[Path], out_dir: Optional[Path]) -> list[Path]:
-    """Write the requested report files (atomic). Returns the paths written."""
-    from teacher_audit.report.writers import write_report
+    """Write the requested report files (atomic; ``-`` = standard output). Returns the paths written."""
+    from teacher_audit.report.writers import render, write_report
 
     written: list[Path] = []
     for fmt, target in (("json", json_path), ("md", md_path), ("html", html_path), ("sarif", sarif_path)):
-        if target is not None:
-            write_report(fmt, doc, target)
-            written.append(target)
+        if target is None:
+            continue
+        if is_stdout(target):
+            sys.stdout.write(render(fmt, doc))
+            sys.stdout.flush()
+            continue
+        write_report(fmt, doc, target)
+        written.append(target)
     if out_dir is not None:
         reports = list(doc.reports) if isinstance(doc, ScanSet) else [doc]
         for i, rep in enumerate(reports):
@@ -92,10 +98,10 @@ def _scan_many_with_progress(files: list[str], options: object, jobs: int, quiet
 def scan(
     paths: list[str] = typer.Argument(..., help="checkpoint files, directories (recursive) or glob patterns"),
     rules: Optional[str] = typer.Option(None, "--rules", help="policy TOML path, or packaged: default | strict | report-only"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),
-    md_out: Optional[Path] = typer.Option(None, "--md", help="write the Markdown report (PR comment) here"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here ('-' = stdout)"),
+    md_out: Optional[Path] = typer.Option(None, "--md", help="write the Markdown report (PR comment) here ('-' = stdout)"),
     html_out: Optional[Path] = typer.Option(None, "--html", help="write the self-contained HTML report here (one file only)"),
-    sarif_out: Optional[Path] = typer.Option(None, "--sarif", help="write SARIF 2.1.0 here"),
+    sarif_out: Optional[Path] = typer.Option(None, "--sarif", help="write SARIF 2.1.0 here ('-' = stdout)"),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="write every format for every file into this folder"),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="parallel worker processes"),
     budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", min=0.0, help="wall-clock budget for the probes of each file"),
@@ -113,6 +119,11 @@ def scan(
 ) -> ExitCode:
     """Audit checkpoints for transferable backdoors and NTL traps; the exit code is the gate's verdict."""
     from teacher_audit.scan import ScanOptions, expand_paths, scan_file
+
+    to_stdout = [flag for flag, p in (("--json", json_out), ("--md", md_out), ("--html", html_out),
+                                      ("--sarif", sarif_out)) if is_stdout(p)]
+    if len(to_stdout) > 1:
+        raise UsageError(f"only one report can go to standard output ('-'), got {' and '.join(to_stdout)}")
 
     spec_flags: dict[str, object] = {}
     if input_size:
@@ -156,7 +167,7 @@ def scan(
                             out_dir=out_dir)
     from teacher_audit.report.summary import print_summary
 
-    print_summary(out, doc)
+    print_summary(err if to_stdout else out, doc)  # stdout carries the report when '-' was given
     if not quiet:
         for p in written:
             err.print(f"wrote {clean(p, 300)}", markup=False)
