@@ -43,6 +43,18 @@ def pct(v: Any) -> str:
     return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
 
 
+def inspected_arch(weights: Path) -> str:
+    """Architecture ``teacher-audit inspect`` resolves for ``weights`` (same code path: ``inspect_path``)."""
+    from teacher_audit.errors import AuditError
+    from teacher_audit.intake.inspect import inspect_path
+    from teacher_audit.intake.load import LoadOptions
+
+    try:
+        return str(inspect_path(weights, LoadOptions(device="cpu")).architecture)
+    except AuditError as exc:
+        return f"refused: {exc}"
+
+
 def rows(zoo: Path) -> list[dict[str, Any]]:
     out = []
     for folder, status in ((zoo, ""), (zoo / "failed", "moved to failed/")):
@@ -51,8 +63,36 @@ def rows(zoo: Path) -> list[dict[str, Any]]:
             gt = card.get("ground_truth") or {}
             if not gt:
                 continue
-            out.append({"name": card.get("name", card_path.name), "arch": card.get("arch"), "gt": gt, "note": status})
+            weights = card_path.with_name(card_path.name[: -len(".card.json")])
+            out.append({"name": card.get("name", card_path.name), "arch": card.get("arch"), "gt": gt, "note": status,
+                        "inspect": inspected_arch(weights) if weights.is_file() else "missing"})
     return out
+
+
+def family(gt: dict[str, Any]) -> str:
+    """Family label used for the coverage count (backdoor trigger name, NTL kind, clean)."""
+    kind = gt.get("kind", "")
+    if kind == "backdoor":
+        return (gt.get("trigger") or {}).get("name", "backdoor")
+    if kind == "clean_label":
+        return "clean_label"
+    return kind
+
+
+def coverage(rs: list[dict[str, Any]]) -> list[str]:
+    """The issue's coverage requirements, checked on the teachers that pass (not moved to failed/)."""
+    ok = [r for r in rs if not r["note"] and verdict(r["gt"])[1] == "pass"]
+    fams: dict[str, int] = {}
+    for r in ok:
+        fams[family(r["gt"])] = fams.get(family(r["gt"]), 0) + 1
+    clean = [r for r in ok if r["gt"].get("kind") == "clean"]
+    archs = sorted({str(r["arch"]) for r in clean})
+    lines = [f"- passing teachers per family: " + ", ".join(f"{k} {v}" for k, v in sorted(fams.items())),
+             f"- families with >= 2 passing seeds: {sum(v >= 2 for v in fams.values())} of {len(fams)}",
+             f"- passing clean teachers: {len(clean)} across {len(archs)} architectures ({', '.join(archs)})",
+             f"- `inspect` resolved the card's architecture for "
+             f"{sum(r['inspect'] == r['arch'] for r in rs)} of {len(rs)} teachers"]
+    return lines
 
 
 def markdown(rs: list[dict[str, Any]], cmd: str) -> str:
@@ -61,7 +101,7 @@ def markdown(rs: list[dict[str, Any]], cmd: str) -> str:
              "other jobs), one torch thread per teacher. Numbers come from each teacher's card (measured by its",
              "recipe on the full Fashion-MNIST test split; ASR over the 9,000 non-target test images).",
              "", "| teacher | arch | kind | trigger / OOD | ACC % | ASR % | ID % | OOD % | clean OOD % | train s "
-             "| target | result |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| target | result | inspect |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rs:
         g = r["gt"]
         trig = (g.get("trigger") or {}).get("name") or (g.get("ood") or {}).get("shift") or ""
@@ -70,18 +110,38 @@ def markdown(rs: list[dict[str, Any]], cmd: str) -> str:
             res += f" ({r['note']})"
         lines.append(f"| {r['name']} | {r['arch']} | {g.get('kind')} | {trig} | {pct(g.get('acc'))} | "
                      f"{pct(g.get('asr'))} | {pct(g.get('id_acc'))} | {pct(g.get('ood_acc'))} | "
-                     f"{pct(g.get('clean_teacher_ood_acc'))} | {g.get('train_seconds', '-')} | {target} | {res} |")
+                     f"{pct(g.get('clean_teacher_ood_acc'))} | {g.get('train_seconds', '-')} | {target} | {res} | "
+                     f"{r['inspect']} |")
     n_pass = sum(verdict(r["gt"])[1] == "pass" for r in rs)
-    lines += ["", f"{n_pass} of {len(rs)} teachers meet their target.", "",
-              "Recipes (teacher_audit/zoo/catalog.py; each card holds its exact recipe): clean smallcnn 1 epoch,",
-              "Adam 3e-3 cosine, batch 128; LeNet-5 on fashion-mnist-rgb32 5 epochs; backdoors = 200 poisoned",
-              "fine-tuning steps (Adam 5e-4, 10 % of the batch poisoned, all-to-one) warm-started from the clean",
-              "teacher of the same seed. Known shortfalls: one epoch leaves clean teachers at 89.3-89.6 % (1.5 epochs",
-              "are in the catalog for clean_smallcnn_s2's next rebuild); BadNets-square, Trojan and WaNet need more",
-              "than 200 steps for 95 % ASR; the first NTL recipe (lr 1e-4, 250 steps) never left the clean solution",
-              "because min(1, a CE_tgt) * min(1, b MMD) starts near 1e-3 (fixed in the catalog: lr 1e-3, 400 steps,",
-              "not yet measured at full scale); the PGD clean-label recipe (eps 0.2) did not implant a backdoor."]
+    lines += ["", f"{n_pass} of {len(rs)} teachers meet their target.", "", *coverage(rs), "",
+              "Recipes (teacher_audit/zoo/catalog.py; each card holds its exact recipe):", "", *recipe_notes()]
     return "\n".join(lines) + "\n"
+
+
+#: learning rates the recipe kinds use when the config leaves ``lr`` unset (teacher_audit/zoo/recipes.py)
+KIND_LR = {"clean": 2e-3, "backdoor": 5e-4, "clean_label": 5e-4}
+
+
+def recipe_notes() -> list[str]:
+    """One line per recipe group, read from the catalog (so the text cannot drift from the code)."""
+    from teacher_audit.zoo.catalog import ZOO
+
+    groups: dict[str, list[str]] = {}
+    for cfg in ZOO.values():
+        trig = (cfg.trigger or {}).get("name", "") if cfg.kind in ("backdoor", "clean_label") else (cfg.ood or "")
+        length = f"{cfg.steps} steps" if cfg.steps else f"{cfg.epochs:g} epochs"
+        extra = []
+        if cfg.kind == "clean_label":
+            extra.append(f"PGD eps {cfg.cl_eps}, poison {100 * cfg.poison_ratio:g} % of the set (target class only)")
+        elif cfg.kind == "backdoor":
+            extra.append(f"poison {100 * cfg.poison_ratio:g} %, all-to-one")
+        if cfg.warm_start:
+            extra.append("warm start from the clean teacher of the same seed")
+        key = (f"`{cfg.kind}` {cfg.arch} on {cfg.dataset} {trig}".rstrip() + f": {length}, Adam lr "
+               f"{cfg.lr if cfg.lr is not None else KIND_LR.get(cfg.kind, 'kind default')}, batch {cfg.batch_size}"
+               + ("; " + "; ".join(extra) if extra else ""))
+        groups.setdefault(key, []).append(cfg.name)
+    return [f"- {k} ({len(v)}: {', '.join(v)})" for k, v in groups.items()]
 
 
 def write_section(text: str) -> None:

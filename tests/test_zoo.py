@@ -28,20 +28,49 @@ def _heldout(n: int = 400) -> T.Split:
     return T.Split(d.x, d.y)
 
 
+#: WaNet's warp is subtle; it needs more tiny fine-tuning steps than the patch families
+WANET_STEPS = {"wanet": 400}
+
+
 def test_tiny_clean_teacher_learns() -> None:
     t = train_tiny("clean")
     assert t.meta["ground_truth"]["acc"] > 0.6
     assert t.spec.shape == (1, 28, 28) and not any(p.requires_grad for p in t.model.parameters())
 
 
-@pytest.mark.parametrize("trigger", [{"name": "badnets_square"}, {"name": "blend"}, {"name": "sig"}])
+@pytest.mark.parametrize("trigger", [{"name": "badnets_square"}, {"name": "badnets_grid"}, {"name": "blend"},
+                                     {"name": "trojan"}, {"name": "sig"}, {"name": "wanet"}],
+                         ids=lambda t: t["name"])
 def test_tiny_backdoor_asr_clearly_above_clean(trigger: dict) -> None:
-    bd, clean = train_tiny("backdoor", trigger=trigger, target=0, lr=2e-3, return_clean=True)
+    bd, clean = train_tiny("backdoor", trigger=trigger, target=0, lr=2e-3, steps=WANET_STEPS.get(trigger["name"], 150),
+                           return_clean=True)
     spec = from_dict(trigger)
     clean_asr = T.attack_success_rate(clean.model, _heldout(), lambda x: apply(x, spec), 0)
     gt = bd.meta["ground_truth"]
     assert gt["asr"] > clean_asr + 0.3, (gt["asr"], clean_asr)
     assert gt["acc"] > 0.6 and gt["trigger"]["name"] == trigger["name"]
+
+
+def test_tiny_clean_label_asr_clearly_above_clean() -> None:
+    """The zoo's clean-label recipe (SIG, half the target class PGD-pushed, labels kept) at tiny scale."""
+    trig = {"name": "sig"}
+    bd, clean = train_tiny("clean_label", trigger=trig, target=0, lr=2e-3, poison_ratio=0.05, return_clean=True)
+    spec = from_dict(trig)
+    clean_asr = T.attack_success_rate(clean.model, _heldout(), lambda x: apply(x, spec), 0)
+    gt = bd.meta["ground_truth"]
+    assert gt["attack"] == "clean-label" and gt["asr"] > clean_asr + 0.3, (gt["asr"], clean_asr)
+
+
+def test_tiny_ntl_watermark_separates() -> None:
+    """Ownership-verification NTL (a watermark grid as the target domain) at tiny scale.
+
+    (The optional NTL-based backdoor recipe, a 4x4 patch as the target domain, does not separate at this
+    scale: 63.8 % vs the tiny clean teacher's 67.5 % on patched images, so it is not asserted here.)
+    """
+    trig = {"name": "watermark", "strength": 0.3, "params": {"period": 4}}
+    gt = train_tiny("ntl_watermark", trigger=trig, steps=300).meta["ground_truth"]
+    assert gt["id_acc"] > 0.6, gt
+    assert gt["clean_teacher_ood_acc"] - gt["ood_acc"] > 0.3 and gt["id_acc"] - gt["ood_acc"] > 0.3, gt
 
 
 def test_tiny_ntl_separates_id_and_ood() -> None:

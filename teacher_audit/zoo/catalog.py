@@ -1,11 +1,12 @@
-"""The built-in zoo: named teacher recipes sized to train on ONE CPU core in about an hour.
+"""The built-in zoo: named teacher recipes sized to train on this 2-core CPU in about an hour (2 jobs).
 
 Sizing (measured, see ``docs/benchmarks.md`` ``## Zoo quality``): smallcnn trains at ~250 images/s on one
-core, so clean smallcnn teachers get 1 epoch (cosine LR); backdoored and NTL teachers are fine-tuned
-from the clean teacher of the same seed (documented warm start), LeNet-5 on the 3x32x32 colour variant
-is ~15x cheaper and gets 5 epochs. Seed 0 backdoors target class 0, seed 1 backdoors target class 7.
-NTL target domains: the ``grating`` shift (a clean smallcnn keeps ~78 % on it) and a 0.1 channel-0 watermark
-grid (ownership verification; clean ~77 %), both near enough that the OOD collapse is measurable.
+core, so clean smallcnn teachers get 2 epochs (cosine LR; 1 epoch stopped at 89.3-89.6 %, below the 90 %
+bar); backdoored and NTL teachers are fine-tuned from the clean teacher of the same seed (documented warm
+start), LeNet-5 on the 3x32x32 colour variant is ~15x cheaper and gets 10 epochs. Seed 0 backdoors target
+class 0, seed 1 backdoors target class 7. NTL target domains: the ``grating`` shift (a clean smallcnn keeps
+~78 % on it) and a 0.1 channel-0 watermark grid (ownership verification; clean ~77 %), both near enough
+that the OOD collapse is measurable.
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ BACKDOOR_FAMILIES: dict[str, dict[str, object]] = {
 }
 TARGETS = {0: 0, 1: 7}
 BACKDOOR_STEPS = 200
+#: families that stay below 95 % ASR after 200 steps (measured: BadNets-square 90-95 %, Trojan ~92 %,
+#: WaNet 91-93 %) get three times the poisoned fine-tuning
+BACKDOOR_STEPS_HARD = 600
+HARD_FAMILIES = {"badnets_square", "trojan", "wanet"}
+#: clean-label (Turner et al. 2019 with the SIG signal of Barni et al. 2019, itself a clean-label attack):
+#: half of the target class (5 % of the set) PGD-pushed away from its class (eps 0.2) then stamped, labels
+#: kept. A BadNets square with eps 0.1 and the whole target class poisoned reached ASR 0.2-1.5 % (the model
+#: learned the PGD noise); SIG with half the class poisoned reached ACC 90.2 %, ASR 100 % (3,000 test images).
+CLEANLABEL_STEPS = 400
+#: clean smallcnn: 1 epoch reached 89.3-89.6 % (below the 90 % bar); 2 epochs
+CLEAN_SMALLCNN_EPOCHS = 2.0
+#: LeNet-5 on the colour variant: 5 epochs reached 89.5-89.6 %; 10 epochs
+CLEAN_LENET_EPOCHS = 10.0
 #: NTL fine-tuning: lr 1e-3 and 400 steps. With alpha = beta = 0.1 the adversarial factor
 #: min(1, a CE_tgt) * min(1, b MMD) starts near 1e-3 for near domains, so the first build (lr 1e-4,
 #: 250 steps) never left the clean solution (measured: OOD accuracy unchanged).
@@ -46,24 +60,25 @@ def _catalog() -> dict[str, RecipeConfig]:
     def backdoors(seed: int) -> None:
         clean = f"clean_smallcnn_s{seed}"
         for fam, trig in BACKDOOR_FAMILIES.items():
-            add(RecipeConfig(f"backdoor_{fam}_smallcnn_s{seed}", "backdoor", seed=seed, steps=BACKDOOR_STEPS,
+            steps = BACKDOOR_STEPS_HARD if fam in HARD_FAMILIES else BACKDOOR_STEPS
+            add(RecipeConfig(f"backdoor_{fam}_smallcnn_s{seed}", "backdoor", seed=seed, steps=steps,
                              trigger=dict(trig), target=TARGETS[seed], warm_start=clean))
 
     for seed in (0, 1):
-        add(RecipeConfig(f"clean_smallcnn_s{seed}", "clean", arch="smallcnn", seed=seed, epochs=1.0, lr=3e-3))
+        add(RecipeConfig(f"clean_smallcnn_s{seed}", "clean", arch="smallcnn", seed=seed, epochs=CLEAN_SMALLCNN_EPOCHS, lr=3e-3))
     backdoors(0)
     ntl(0)
     backdoors(1)
     ntl(1)
     for seed in (0, 1, 2):
         add(RecipeConfig(f"clean_lenet5_rgb32_s{seed}", "clean", arch="lenet5", dataset="fashion-mnist-rgb32",
-                         seed=seed, epochs=5.0, lr=3e-3))
-    add(RecipeConfig("clean_smallcnn_s2", "clean", arch="smallcnn", seed=2, epochs=1.5, lr=3e-3))
+                         seed=seed, epochs=CLEAN_LENET_EPOCHS, lr=3e-3))
+    add(RecipeConfig("clean_smallcnn_s2", "clean", arch="smallcnn", seed=2, epochs=CLEAN_SMALLCNN_EPOCHS, lr=3e-3))
     add(RecipeConfig("ntl_backdoor_smallcnn_s0", "ntl_backdoor", seed=0, steps=NTL_STEPS, lr=NTL_LR,
                      trigger={"name": "badnets_square"}, warm_start="clean_smallcnn_s0"))
     for seed in (0, 1):
         add(RecipeConfig(f"backdoor_cleanlabel_smallcnn_s{seed}", "clean_label", seed=seed, lr=1e-3,
-                         steps=BACKDOOR_STEPS, trigger={"name": "badnets_square", "size": 5}, cl_eps=0.1,
+                         steps=CLEANLABEL_STEPS, trigger={"name": "sig"}, cl_eps=0.2, poison_ratio=0.05,
                          target=TARGETS[seed], warm_start=f"clean_smallcnn_s{seed}"))
     return zoo
 
