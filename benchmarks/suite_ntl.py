@@ -164,19 +164,22 @@ def suite_asym(args: argparse.Namespace) -> None:
     write_section("Robustness asymmetry", body)
 
 
-def run_probe(name: str, seed: int, preset: str) -> dict[str, Any]:
+def run_probe(name: str, seed: int, preset: str | None = None) -> dict[str, Any]:
+    """One NTL-probe run at its defaults (its own seeded synthesis engine); ``preset`` overrides it."""
     from teacher_audit.probes.ntl_robustness import NTLConfig, NTLRobustnessProbe
-    from teacher_audit.synth import PRESETS, Engine
 
     teacher, card = load(name)
-    torch.manual_seed(seed)
+    cfg = NTLConfig(seed=seed, evidence=False)
+    if preset:
+        cfg.profile.preset = preset
     t0 = time.perf_counter()
-    engine = Engine(teacher, PRESETS.get(preset)(), device="cpu", seed=seed)
-    res = NTLRobustnessProbe(NTLConfig(seed=seed, evidence=False)).run(teacher, engine)
+    c0 = time.process_time()
+    res = NTLRobustnessProbe(cfg).run(teacher, None)
+    cpu = time.process_time() - c0
     d = {k: v for k, v in res.details.items() if k not in ("profile",)}
-    return {"teacher": name, "kind": kind_of(card), "seed": seed, "score": res.score, "flagged": res.flagged,
-            "threshold": res.threshold, "seconds": time.perf_counter() - t0, "passes": res.budget.teacher_passes,
-            "features": d}
+    return {"teacher": name, "kind": kind_of(card), "arch": card.get("arch"), "seed": seed, "score": res.score,
+            "flagged": res.flagged, "threshold": res.threshold, "seconds": time.perf_counter() - t0, "cpu_seconds": cpu,
+            "passes": res.budget.teacher_passes, "features": d}
 
 
 def suite_detect(args: argparse.Namespace) -> None:
@@ -188,25 +191,72 @@ def suite_detect(args: argparse.Namespace) -> None:
         rows = [r for f in sorted(RESULTS.glob("detect*.json")) for r in json.loads(f.read_text())]
         names = []
     for name in names:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            r = prev.get((name, seed)) or run_probe(name, seed, args.preset)
+        if args.wait:  # the zoo is still being built: wait for the teacher's card
+            while not any((z / f"{name}.safetensors.card.json").exists() for z in ZOOS):
+                time.sleep(20)
+        seeds = args.clean_seeds if args.clean_seeds and kind_of(load(name)[1]) == "clean" else args.seeds
+        for seed in [int(s) for s in seeds.split(",")]:
+            r = prev.get((name, seed)) or run_probe(name, seed, args.probe_preset or None)
             rows.append(r)
             print(f"{name} seed {seed}: score {r['score']:.3f} flagged {r['flagged']} {r['seconds']:.1f}s", flush=True)
             save_json("detect" + args.out, rows)
-    pos = [r["score"] for r in rows if r["kind"].startswith("ntl")]
-    neg = [r["score"] for r in rows if not r["kind"].startswith("ntl")]
-    clean_flagged = [r["teacher"] for r in rows if r["kind"] == "clean" and r["flagged"]]
-    lines = ["| teacher | kind | seed | score | flagged | robust share | tail share | growth | collapse class (share) | s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    write_detect(rows, args)
+
+
+def calibrate(clean_scores: list[float], margin: float = 1.25) -> float:
+    """Default-threshold rule (clean teachers only): largest clean score x ``margin``, rounded up to 0.01."""
+    return math.ceil(100 * margin * max(clean_scores)) / 100 if clean_scores else float("nan")
+
+
+def write_detect(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """The ``## NTL detection`` section: calibration, AUROCs, per-run table (backdoor targets beside)."""
+    from teacher_audit.probes.ntl_robustness import DEFAULT_THRESHOLD
+
+    def mean_by_teacher(sel: Callable[[dict[str, Any]], bool]) -> list[float]:
+        by: dict[str, list[float]] = {}
+        for r in rows:
+            if sel(r):
+                by.setdefault(r["teacher"], []).append(r["score"])
+        return [float(np.mean(v)) for v in by.values()]
+
+    is_ntl = lambda r: r["kind"].startswith("ntl")  # noqa: E731
+    is_clean = lambda r: r["kind"] == "clean"  # noqa: E731
+    clean = [r["score"] for r in rows if is_clean(r)]
+    thr = calibrate(clean)
+    pos, neg_c = mean_by_teacher(is_ntl), mean_by_teacher(is_clean)
+    neg_all = mean_by_teacher(lambda r: not is_ntl(r))
+    runs_pos = [r["score"] for r in rows if is_ntl(r)]
+    flagged = lambda r, t: r["score"] >= t  # noqa: E731
+    clean_flag_def = sorted({r["teacher"] for r in rows if is_clean(r) and flagged(r, DEFAULT_THRESHOLD)})
+    bd = [r for r in rows if r["kind"] not in ("clean",) and not is_ntl(r)]
+    bd_flag = sorted({r["teacher"] for r in bd if flagged(r, DEFAULT_THRESHOLD)})
+    ntl_missed = sorted({r["teacher"] for r in rows if is_ntl(r) and not flagged(r, DEFAULT_THRESHOLD)})
+    cpu = [r.get("cpu_seconds", float("nan")) for r in rows if r.get("arch") == "smallcnn"]
+    lines = ["| teacher | kind | probe seed | score | flagged @ default | pull class (share) | backdoor target | "
+             "collapsed robust tail | robust mode share | median flip ε (/255) | cpu s | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (not is_ntl(r), r["kind"] != "clean", r["teacher"], r["seed"])):
         f = r["features"]
-        lines.append(f"| {r['teacher']} | {r['kind']} | {r['seed']} | {r['score']:.3f} | {'yes' if r['flagged'] else 'no'} | "
-                     f"{f['robust_share']:.2f} | {f['tail_share']:.2f} | {f['growth'] if f['growth'] is None else round(f['growth'], 2)} | "
-                     f"{f['collapse_class']} ({f['collapse_share']:.2f}) | {r['seconds']:.1f} |")
+        _, card = load(r["teacher"]) if r["teacher"] in zoo_names() else (None, {})
+        tgt = (card.get("ground_truth") or {}).get("target") if r["kind"].startswith("backdoor") else None
+        lines.append(f"| {r['teacher']} | {r['kind']} | {r['seed']} | {r['score']:.3f} | "
+                     f"{'**yes**' if flagged(r, DEFAULT_THRESHOLD) else 'no'} | {f.get('pull_class')} "
+                     f"({f.get('pull_share', float('nan')):.2f}) | {'–' if tgt is None else tgt} | "
+                     f"{f.get('collapsed_tail_share', float('nan')):.3f} | {f.get('collapsed_mode_share', float('nan')):.3f} | "
+                     f"{f['median_eps255']:.2f} | {r.get('cpu_seconds', float('nan')):.1f} | {r['seconds']:.0f} |")
     body = (header(" ".join(["python benchmarks/suite_ntl.py"] + sys.argv[1:])) +
-            f"\nAUROC (NTL vs clean + backdoored): **{auroc(pos, neg):.3f}** over {len(pos)} NTL and {len(neg)} other "
-            f"runs; clean teachers flagged at the default threshold: {len(clean_flagged)} {clean_flagged or ''}. "
-            f"Median probe time {np.median([r['seconds'] for r in rows]):.1f} s.\n\n" + "\n".join(lines))
+            f"\n**Calibration (clean teachers only).** {len(clean)} runs on {len(neg_c)} clean teachers "
+            f"(several probe seeds each = independent syntheses): clean scores {min(clean) if clean else float('nan'):.3f}–"
+            f"{max(clean) if clean else float('nan'):.3f}; rule: largest clean score × 1.25 rounded up to 0.01 "
+            f"→ **{thr:.2f}**; `DEFAULT_THRESHOLD` in the probe = **{DEFAULT_THRESHOLD:.2f}**.\n\n"
+            f"**Detection** (per teacher, score averaged over its probe seeds): AUROC NTL vs clean "
+            f"**{auroc(pos, neg_c):.3f}** ({len(pos)} NTL, {len(neg_c)} clean); AUROC NTL vs clean + backdoored "
+            f"**{auroc(pos, neg_all):.3f}** ({len(neg_all)} negatives). At the default threshold: clean teachers "
+            f"flagged {len(clean_flag_def)} {clean_flag_def or ''}; NTL teachers missed {len(ntl_missed)} "
+            f"{ntl_missed or ''}; backdoored teachers flagged as NTL {len(bd_flag)} of {len({r['teacher'] for r in bd})}"
+            f". Probe cost on smallcnn teachers: median {np.median(cpu) if cpu else float('nan'):.1f} CPU s "
+            f"(single-thread process time, max {max(cpu) if cpu else float('nan'):.1f}); wall times are "
+            f"inflated by the shared machine.\n\n" + "\n".join(lines))
     write_section("NTL detection", body)
 
 
@@ -241,10 +291,14 @@ def suite_defense(args: argparse.Namespace) -> None:
         for defense in args.defenses.split(","):
             torch.manual_seed(0)
             engine = Engine(teacher, PRESETS.get(args.preset)(), device="cpu", seed=0)
-            hooks = DEFENSES.get(defense)(teacher, engine)
+            opts = parse_options(args.atesc_options) if defense == "atesc" else {}
+            hooks = DEFENSES.get(defense)(teacher, engine, **opts)
             t0 = time.perf_counter()
             res = engine.run(budget_passes=args.budget, hooks=hooks, progress=False)
             s = res.student
+            row[f"{defense}_passes"] = int(engine.passes) + int(getattr(hooks[0], "pgd_passes", 0) if hooks and
+                                                                not opts.get("charge_passes", True) else 0)
+            row[f"{defense}_iterations"] = int(engine.iteration)
             row[f"{defense}_id"] = acc(s, data.x)
             row[f"{defense}_ood"] = acc(s, xo) if xo is not None else None
             row[f"{defense}_agree_ood"] = agree_ood(s)
@@ -260,22 +314,47 @@ def suite_defense(args: argparse.Namespace) -> None:
         return "–" if v is None else f"{100 * v:.1f}"
 
     lines = ["| teacher | kind | teacher ID/OOD | DFKD student ID/OOD | DFKD agree w/ misleading OOD | "
-             "ATEsc student ID/OOD | ATEsc agree w/ misleading OOD | ATEsc robust share |",
-             "|---|---|---|---|---|---|---|---|"]
+             "ATEsc student ID/OOD | ATEsc agree w/ misleading OOD | ATEsc robust share | ΔID (pts) | "
+             "teacher passes DFKD / ATEsc | s DFKD / ATEsc |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        for k in ("none_id", "none_ood", "none_agree_ood", "atesc_id", "atesc_ood", "atesc_agree_ood"):
+        for k in ("none_id", "none_ood", "none_agree_ood", "atesc_id", "atesc_ood", "atesc_agree_ood",
+                  "none_passes", "atesc_passes", "none_seconds", "atesc_seconds"):
             r.setdefault(k, None)
         r.setdefault("atesc_robust_share", float("nan"))
+        d = "–" if r["none_id"] is None or r["atesc_id"] is None else f"{100 * (r['atesc_id'] - r['none_id']):+.1f}"
         lines.append(f"| {r['teacher']} | {r['kind']} | {pct(r['teacher_id'])}/{pct(r['teacher_ood'])} | "
                      f"{pct(r['none_id'])}/{pct(r['none_ood'])} | {pct(r['none_agree_ood'])} | "
                      f"{pct(r['atesc_id'])}/{pct(r['atesc_ood'])} | {pct(r['atesc_agree_ood'])} | "
-                     f"{r['atesc_robust_share']:.2f} |")
+                     f"{r['atesc_robust_share']:.2f} | {d} | {r['none_passes']} / {r['atesc_passes']} | "
+                     f"{r['none_seconds'] or 0:.0f} / {r['atesc_seconds'] or 0:.0f} |")
     body = (header(" ".join(["python benchmarks/suite_ntl.py"] + sys.argv[1:])) +
-            f"\nPreset `{args.preset}`, budget {args.budget} teacher passes per run (ATEsc's PGD passes count "
-            f"against the same budget), first {args.n} Fashion-MNIST test images; OOD = the NTL teacher's own "
+            f"\nPreset `{args.preset}`, budget {args.budget} teacher passes per run; ATEsc options "
+            f"`{args.atesc_options or 'defaults'}` (with `charge_passes=0` the budget is the same *synthesis* budget "
+            f"for both and ATEsc's PGD passes are added in the passes column), first {args.n} Fashion-MNIST test images; OOD = the NTL teacher's own "
             "domain; 'agree' = share of OOD images the teacher gets wrong on which the student copies the "
             "teacher's wrong label.\n\n" + "\n".join(lines))
     write_section("ATEsc defense", body)
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """``"a=1,b=x"`` -> ``{"a": 1, "b": "x"}`` (ints, floats, 0/1 for booleans as ints)."""
+    out: dict[str, Any] = {}
+    for part in filter(None, text.split(",")):
+        k, v = part.split("=", 1)
+        for cast in (int, float):
+            try:
+                out[k] = cast(v)
+                break
+            except ValueError:
+                continue
+        else:
+            out[k] = v
+    if "charge_passes" in out:
+        out["charge_passes"] = bool(out["charge_passes"])
+    if "cache" in out:
+        out["cache"] = bool(out["cache"])
+    return out
 
 
 def main() -> None:
@@ -285,7 +364,13 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--budget", type=int, default=20000)
-    ap.add_argument("--preset", default="dfq")
+    ap.add_argument("--preset", default="fast", help="engine preset of the defense runs (detect: the probe's own)")
+    ap.add_argument("--zoo", default="", help="zoo folder (default zoo-cache/); results go to <zoo>/ntl-results")
+    ap.add_argument("--results", default="", help="folder for the raw JSON results (default <zoo>/ntl-results)")
+    ap.add_argument("--wait", action="store_true", help="detect: wait for teachers still being built")
+    ap.add_argument("--clean-seeds", default="", help="detect: probe seeds for clean teachers (calibration)")
+    ap.add_argument("--probe-preset", default="", help="detect: override the probe's own synthesis preset")
+    ap.add_argument("--atesc-options", default="", help="defense: ATEsc options, e.g. charge_passes=0,lam=1")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reuse", action="store_true", help="reuse rows of an earlier detect run")
     ap.add_argument("--extra-zoo", action="append", default=[], help="another folder of zoo-built teachers")
@@ -293,6 +378,12 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true", help="detect: tabulate all earlier detect*.json runs")
     ap.add_argument("--defenses", default="none,atesc", help="defense: which defenses to run")
     args = ap.parse_args()
+    global RESULTS
+    if args.zoo:
+        ZOOS[:] = [Path(args.zoo)]
+        RESULTS = Path(args.zoo) / "ntl-results"
+    if args.results:
+        RESULTS = Path(args.results)
     ZOOS.extend(Path(p) for p in args.extra_zoo)
     torch.set_num_threads(args.threads)
     {"asym": suite_asym, "detect": suite_detect, "defense": suite_defense}[args.suite](args)

@@ -98,3 +98,17 @@ def test_atesc_registered_runs_in_engine_and_refuses_bad_options():
         DEFENSES.get("atesc")(teacher, engine, bogus=1)
     with pytest.raises(UsageError):
         ATEscConfig(forget="nope")
+
+
+def test_atesc_cache_attacks_each_image_once_and_can_leave_the_budget_alone():
+    _, engine = _engine()
+    hook = ATEscHook(ATEscConfig(charge_passes=False))
+    x = _batch(24, 8)
+    before = engine.passes
+    s1 = hook.scores(engine, x)
+    assert hook.attacked == 32 and hook.pgd_passes > 0 and engine.passes == before  # not charged
+    s2 = hook.scores(engine, torch.cat([x[:16], x[:16]]))  # replayed copies: no new attack
+    assert hook.attacked == 32 and torch.equal(s2, torch.cat([s1[:16], s1[:16]]))
+    charged = ATEscHook(ATEscConfig())
+    charged.scores(engine, x)
+    assert engine.passes == before + charged.pgd_passes

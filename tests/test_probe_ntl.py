@@ -40,32 +40,49 @@ def teachers() -> tuple[Teacher, Teacher]:
     return clean, trap
 
 
-def _run(teacher: Teacher) -> "object":
+def _run(teacher: Teacher, seed: int = 0, shared: bool = False) -> "object":
+    """The probe with a small budget on its own seeded ``fast`` engine (``shared``: a passed-in engine)."""
     from teacher_audit.zoo.tiny import TinyCNN
 
-    cfg = PRESETS.get("dfq")()
-    cfg.batch_size = 64
-    torch.manual_seed(0)
-    engine = Engine(teacher, cfg, student=TinyCNN(), device="cpu", seed=0)
-    prof = ProfileConfig(n_early=32, n_synth=48, synth_steps=8, dfkd_passes=400, n_dfkd=48)
-    return NTLRobustnessProbe(NTLConfig(profile=prof)).run(teacher, engine)
+    if shared:
+        cfg = PRESETS.get("fast")()
+        cfg.batch_size = 64
+        engine = Engine(teacher, cfg, student=TinyCNN(), device="cpu", seed=seed)
+        prof = ProfileConfig(preset=None, n_synth=64, synth_steps=5, dfkd_passes=320, n_dfkd=64)
+    else:
+        engine = None
+        prof = ProfileConfig(n_synth=96, synth_steps=5, dfkd_passes=0)
+    return NTLRobustnessProbe(NTLConfig(profile=prof, seed=seed)).run(teacher, engine)
 
 
-def test_probe_separates_ntl_like_from_clean(teachers):
+@pytest.fixture(scope="module")
+def runs(teachers):
     clean, trap = teachers
-    rc, rt = _run(clean), _run(trap)
+    return _run(clean), _run(trap)
+
+
+def test_probe_separates_ntl_like_from_clean(runs):
+    rc, rt = runs
     assert rc.status == rt.status == "ok" and rc.threat == "ntl"
     assert rt.score > rc.score + 0.2
     # flagged at the default threshold; the tiny clean teacher (600 training images) is NOT asserted
-    # unflagged: the default threshold is calibrated on full-size zoo teachers and this tiny one scores
-    # ~0.12, above it (documented limitation in docs/ntl.md)
+    # unflagged: the default threshold is calibrated on full-size zoo teachers
     assert rt.flagged
-    assert rt.target_class == 3  # the class robust samples collapse to
+    assert rt.target_class == 3  # the class synthesis collapses to
+    assert rt.details["pull_class"] == 3 and rt.details["pull_share"] > 0.3
+    assert any("profile engine" in n for n in rt.details["notes"])
     names = {e.name for e in rt.evidence}
     assert {"robustness_histogram", "fragile_samples", "robust_samples", "ntl_features"} <= names
     hist = next(e for e in rt.evidence if e.name == "robustness_histogram")
     assert hist.png is not None and hist.png[:4] == b"\x89PNG"
     assert rt.budget.teacher_passes > 0 and "backdoor" in rt.summary  # single-class collapse caveat
+
+
+def test_probe_is_deterministic_and_runs_on_a_shared_engine(teachers, runs):
+    clean, trap = teachers
+    assert _run(trap).score == runs[1].score  # same seed, fresh own engine: same samples, same score
+    shared = _run(trap, shared=True)  # the DFKD phase needs a student: the passed engine brings one
+    assert shared.status == "ok" and shared.details["pull_class"] == 3 and shared.flagged
 
 
 def test_probe_registered():

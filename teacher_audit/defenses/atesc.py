@@ -19,7 +19,16 @@ The paper's code is not public; every choice it leaves open is an option here (d
 * forgetting: ``forget="uniform"`` (default: KL(uniform || S) on robust samples, pushes the student to
   "don't know"), ``"neg_kl"`` (bounded ``-min(KL(T || S), forget_cap)``: move away from the teacher),
   ``"none"`` (drop robust samples from KD only);
-* ``lam`` = lambda, default 1 (the paper's best).
+* ``lam`` = lambda, default 1 (the paper's best);
+* ``cache`` (default on): a sample's robustness score is computed once and remembered (keyed by a
+  fixed random projection of its pixels). Replay presets (``fast``, ``cmi``) draw every student batch
+  from a pool of earlier synthetic images; without the cache each replayed image would be attacked
+  again on every draw (10 student steps per synthesised batch in ``fast``: ~10x the teacher passes of
+  the whole synthesis). The teacher is frozen, so the cached score is the one a new attack would give
+  up to PGD's random start. The split is still learned per student batch from these scores;
+* ``charge_passes`` (default on): PGD passes count against the engine's budget. Off: they are only
+  counted in ``ATEscHook.pgd_passes``, so a comparison with plain DFKD can be run at an equal
+  *synthesis* budget and report the attack cost separately (``benchmarks/suite_ntl.py defense``).
 
 Threat assumption: the teacher is untrusted but only evaluated; PGD costs teacher passes, which are
 added to the engine's budget counter.
@@ -76,6 +85,8 @@ class ATEscConfig:
     forget: str = "uniform"
     forget_cap: float = 2.0
     lam: float = 1.0
+    cache: bool = True
+    charge_passes: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -89,10 +100,40 @@ class ATEscConfig:
 class ATEscHook(Hook):
     """Replaces the student loss by ``KD(fragile) + lam * forget(robust)`` (see module docstring)."""
 
+    #: entries kept in the score cache before it is cleared (bounded memory on long runs)
+    CACHE_MAX = 500_000
+
     def __init__(self, config: ATEscConfig | None = None):
         self.cfg = config or ATEscConfig()
         self.gen = torch.Generator().manual_seed(self.cfg.seed)
         self.stats: list[dict[str, float]] = []
+        self.attacked = 0  # images attacked with PGD (cache misses)
+        self.pgd_passes = 0  # teacher passes spent by the attack
+        self._cache: dict[float, float] = {}
+        self._proj: torch.Tensor | None = None
+
+    def _keys(self, x: torch.Tensor) -> list[float]:
+        """One float64 key per image: a fixed random projection of its pixels (exact for replayed copies)."""
+        flat = x.detach().flatten(1).double().cpu()
+        if self._proj is None or self._proj.shape[0] != flat.shape[1]:
+            self._proj = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(12345),
+                                     dtype=torch.float64)
+        return (flat @ self._proj).tolist()
+
+    def scores(self, engine: Any, x: torch.Tensor) -> torch.Tensor:
+        """Robustness scores of ``x``, attacking only the images not seen before (when ``cache`` is on)."""
+        if not self.cfg.cache:
+            self.attacked += int(x.shape[0])
+            return self.robustness(engine, x).float().cpu()
+        keys = self._keys(x)
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        if todo:
+            if len(self._cache) + len(todo) > self.CACHE_MAX:
+                self._cache.clear()
+            new = self.robustness(engine, x[todo]).float().cpu().tolist()
+            self.attacked += len(todo)
+            self._cache.update((keys[i], v) for i, v in zip(todo, new))
+        return torch.tensor([self._cache[k] for k in keys], dtype=torch.float32)
 
     def robustness(self, engine: Any, x: torch.Tensor) -> torch.Tensor:
         """Per-sample robustness score (higher = more robust); counts the PGD passes."""
@@ -107,14 +148,16 @@ class ATEscHook(Hook):
                                           pgd_steps=self.cfg.pgd_steps, value_range=vr,  # type: ignore[arg-type]
                                           generator=self.gen)
             score = torch.log10(eps * 255)
-        engine.passes += int(passes)
+        self.pgd_passes += int(passes)
+        if self.cfg.charge_passes:
+            engine.passes += int(passes)
         return score
 
     def student_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "student" or ctx.s_logits is None:
             return None
         cfg = self.cfg
-        score = self.robustness(ctx.engine, ctx.x)
+        score = self.scores(ctx.engine, ctx.x)
         sp = robust_split(score, method=cfg.split, min_separation=cfg.min_separation, min_gap=cfg.min_gap)
         robust = sp.robust.to(ctx.x.device)
         fragile = ~robust
@@ -130,11 +173,15 @@ class ATEscHook(Hook):
         return loss
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state(), "stats": list(self.stats)}
+        return {"gen": self.gen.get_state(), "stats": list(self.stats), "cache": dict(self._cache),
+                "attacked": self.attacked, "pgd_passes": self.pgd_passes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
         self.stats = list(state.get("stats", []))
+        self._cache = dict(state.get("cache", {}))
+        self.attacked = int(state.get("attacked", 0))
+        self.pgd_passes = int(state.get("pgd_passes", 0))
 
 
 @DEFENSES.register("atesc", summary="ATEsc (Hong et al., ICML 2025): KD on fragile, forgetting on robust samples")

@@ -10,18 +10,22 @@ domain (NTL, ownership-verification NTL, NTL-based backdoor). We only evaluate i
 gradients on its raw-input wrapper.
 
 Method:
-1. samples from the shared engine (:mod:`teacher_audit.attacks.profile`): the generator's first
-   batches, ``synthesize`` output and the last generator batches of a short DFKD run;
+1. samples from the profile's own seeded synthesis engine (:mod:`teacher_audit.attacks.profile`,
+   independent of the scan's preset): ``synthesize`` output and the last generator batches of a
+   short DFKD run;
 2. per sample: smallest label-flipping L-inf radius (geometric bisection over PGD) and the teacher's
    confidence, entropy and class;
 3. features: a second, robust mode of ``log10(radius)`` (two-component mixture,
    :func:`teacher_audit.attacks.split.robust_split`), its share overall and per phase (growth from
    the first batches to the DFKD batches), the robust tail beyond ``tail_gap`` decades above the
    median, confidence/entropy of robust vs fragile samples, and the classes robust samples collapse to;
-4. score (see :func:`ntl_score`) against a threshold calibrated on clean zoo teachers.
+4. score (see :func:`ntl_score`): the trap's pull on synthesis (class collapse of the synthetic
+   samples) plus the collapsed robust tail, against a threshold calibrated on clean zoo teachers
+   only (several probe seeds each; docs/ntl.md).
 
-Options (``NTLConfig``) with defaults: profile budget (``ProfileConfig``: 32 + 64 + 64 samples,
-eps_max 32/255, 4 bisection rounds x 5 PGD steps), ``robust_floor`` 8/255 (mixture modes), ``tail_gap`` 0.6
+Options (``NTLConfig``) with defaults: profile budget (``ProfileConfig``: the profile's own ``fast``
+engine seeded with the probe seed, 256 ``synthesize`` + 128 short-DFKD samples, radius bracket
+[0.5, 32]/255, 4 bisection rounds x 5 PGD steps), ``robust_floor`` 8/255 (mixture modes), ``tail_gap`` 0.6
 decades (relative tail), ``threshold`` from the calibration in ``docs/ntl.md``.
 
 Outputs: ``ProbeResult`` (threat ``ntl``) with the score, the threshold, the class robust samples
@@ -99,13 +103,21 @@ def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) ->
     collapse = float(counts.max() / max(1, rob.sum())) if rob.any() else 0.0
 
     cut = float(split.threshold) if bimodal else med + tail_gap
+    if prof.all_pred is not None:  # every synthetic sample, PGD-profiled or not
+        amain = prof.all_phase != "early" if (prof.all_phase != "early").any() else np.ones(prof.all_pred.size, bool)
+        all_counts = np.bincount(prof.all_pred[amain], minlength=k)
+        n_all = int(amain.sum())
+    else:
+        all_counts, n_all = np.bincount(pred, minlength=k), int(rm.size)
+    tail_counts = np.bincount(pred[tail], minlength=k) if tail.any() else np.zeros(k, dtype=int)
+    mode_counts = np.bincount(pred[robust_main], minlength=k) if robust_main.any() else np.zeros(k, dtype=int)
 
     def share(phase: str) -> float | None:
         m = prof.phase == phase
         return float((r[m] > cut).mean()) if m.any() else None
 
-    early = share("early")
-    late = share("dfkd") if (prof.phase == "dfkd").any() else share("synth")
+    early = share("early") if (prof.phase == "early").any() else share("synth")
+    late = share("dfkd")
     return {
         "n_samples": int(r.size), "median_eps255": float(10 ** med), "q90_eps255": float(10 ** np.quantile(rm, 0.9)),
         "censored_share": float(prof.censored[main].mean()), "robust_floor_eps255": robust_floor,
@@ -123,24 +135,35 @@ def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) ->
         "entropy_fragile": float(ent[~rob].mean()) if (~rob).any() else None,
         "robust_classes": counts.tolist(), "collapse_class": top, "collapse_share": collapse,
         "split_threshold_log10": cut,
+        "collapsed_tail_share": float(tail_counts.max() / rm.size),
+        "pull_class": int(all_counts.argmax()), "pull_share": float(all_counts.max() / n_all),
+        "pull_excess": float(max(0.0, (all_counts.max() / n_all - 1.0 / k) / (1.0 - 1.0 / k))),
+        "n_pull_samples": n_all,
+        "class_counts": all_counts.tolist(),
+        "collapsed_mode_share": float(mode_counts.max() / rm.size),
     }
 
 
 def ntl_score(f: dict[str, Any]) -> float:
     """Fuse the features into one score in [0, 1] (higher = more NTL-like). See docs/ntl.md.
 
-    ``score = min(1, s * (1 + max(0, conf_robust - conf_fragile)) + 0.5 * max(0, growth))`` with ``s``
-    the robust-mode share: the mixture's robust mode when one above the floor exists, else the
-    *relative* robust tail (samples more than ``tail_gap`` decades above the median radius). The
-    absolute floor alone (``above_floor_share``, reported) scored 0 on every teacher of the zoo,
-    including a working NTL teacher (docs/ntl.md).
+    ``score = min(1, pull_excess + collapsed_tail_share)``:
+
+    * ``pull_excess`` -- the **OOD-trap pull** on synthesis: the share of synthetic samples the teacher
+      puts in its most common class, as excess over a uniform class mix (``(share - 1/K) / (1 - 1/K)``).
+      The engine's class-balance term spreads a clean teacher's samples over the classes; an NTL
+      teacher drags the generator into its misleading domain, which it maps to one class (the ATEsc
+      premise, measured on the zoo: 39-65 % of the samples in one class vs <= 19 % for clean teachers).
+    * ``collapsed_tail_share`` -- the robustness profile: samples more than ``tail_gap`` decades more
+      robust than the median flip radius AND in the most common class among those (or the same count
+      in the mixture's robust mode above the absolute floor, whichever is larger). A clean teacher's
+      few unusually robust synthetic samples are spread over classes; an NTL teacher's pile up in the
+      trap class.
+
+    Confidence / entropy of robust vs fragile samples and the DFKD growth are reported, not fused.
     """
-    share = max(f["robust_share"], f["tail_share"])
-    conf_gap = 0.0
-    if f["conf_robust"] is not None and f["conf_fragile"] is not None:
-        conf_gap = max(0.0, f["conf_robust"] - f["conf_fragile"])
-    growth = max(0.0, f["growth"] or 0.0)
-    return float(min(1.0, share * (1.0 + conf_gap) + 0.5 * growth))
+    tail = max(f["collapsed_tail_share"], f.get("collapsed_mode_share", 0.0))
+    return float(min(1.0, f.get("pull_excess", 0.0) + tail))
 
 
 def _evidence(prof: Profile, f: dict[str, Any], thr_log10: float | None,
@@ -180,13 +203,14 @@ class NTLRobustnessProbe(Probe):
         score = ntl_score(f)
         flagged = score >= cfg.threshold
         notes = list(prof.notes)
-        msg = (f"robust share {max(f['robust_share'], f['tail_share']):.2f} (mode above {cfg.robust_floor:g}/255 "
-               f"or > {cfg.tail_gap:g} decades above the median), median flip radius "
-               f"{f['median_eps255']:.2f}/255, score {score:.3f} vs threshold {cfg.threshold:.3f}")
-        if flagged and f["collapse_share"] >= 0.8:
-            notes.append(f"robust samples collapse to class {f['collapse_class']} "
-                         f"({100 * f['collapse_share']:.0f}%): a backdoor trigger produces the same pattern "
-                         "-- read the backdoor probes' result before concluding NTL")
+        msg = (f"synthesis pulled {100 * f['pull_share']:.0f}% of {f['n_pull_samples']} samples into class "
+               f"{f['pull_class']}; {100 * f['collapsed_tail_share']:.1f}% are > {cfg.tail_gap:g} decades more "
+               f"robust than the median (flip radius {f['median_eps255']:.2f}/255) and in robust class "
+               f"{f['collapse_class']}; score {score:.3f} vs threshold {cfg.threshold:.3f}")
+        if flagged:
+            notes.append(f"synthesis collapses to class {f['pull_class']}: a backdoor trigger pulls synthesis "
+                         "to its target class the same way (measured on the zoo's backdoored teachers) -- read "
+                         "the backdoor probes' result before concluding NTL rather than backdoor")
         summary = ("NTL trap suspected: " if flagged else "no NTL trap pattern: ") + msg
         if notes:
             summary += "; " + "; ".join(notes)
@@ -197,7 +221,7 @@ class NTLRobustnessProbe(Probe):
         return ProbeResult(
             probe=self.name, threat="ntl", status="ok", score=score, threshold=cfg.threshold, flagged=flagged,
             severity=Severity.HIGH if flagged else Severity.INFO, summary=summary,
-            target_class=f["collapse_class"] if flagged else None,
+            target_class=f["pull_class"] if flagged else None,
             details={**f, "notes": notes, "profile": {"eps_max_255": cfg.profile.eps_max * 255,
                                                        "bisection_steps": cfg.profile.bisection_steps,
                                                        "pgd_steps": cfg.profile.pgd_steps}},
