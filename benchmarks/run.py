@@ -8,7 +8,8 @@
 
 Suites are the modules ``benchmarks/suite_<name>.py`` that define ``main(argv: list[str] | None) -> int``.
 Before the suite runs, every zoo teacher selected by ``--recipe`` (default: the whole built-in catalog,
-``teacher_audit/zoo/catalog.py``) that is missing from ``--zoo`` (default ``zoo-cache/``) is trained on one
+``teacher_audit/zoo/catalog.py``) that is missing from ``--zoo`` (default ``zoo-cache/``; teachers moved to
+``failed/`` after missing their quality target are not rebuilt) is trained on one
 thread; finished teachers are reused (``--no-build`` skips this step).
 """
 
@@ -56,7 +57,11 @@ def build_zoo(zoo: Path, patterns: list[str], threads: int) -> None:
             fh.write(line + "\n")
             print(line, file=sys.stderr)
 
-        build(zoo, select(ZOO, patterns), ZOO, log=say, progress=False)
+        failed = {p.name.split(".safetensors")[0] for p in (zoo / "failed").glob("*.safetensors.card.json")}
+        todo = [c for c in select(ZOO, patterns) if c.name not in failed]
+        for name in sorted(failed & set(ZOO)):
+            say(f"{name}: in failed/ (built, missed its target), not rebuilt")
+        build(zoo, todo, ZOO, log=say, progress=False)
 
 
 def main(argv: list[str] | None = None) -> int:

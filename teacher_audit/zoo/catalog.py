@@ -78,6 +78,8 @@ def _catalog() -> dict[str, RecipeConfig]:
     # (ntl_grating_smallcnn_s1 of the 2-epoch zoo stopped at OOD 58.5 % vs the clean teacher's 84.5 %)
     add(RecipeConfig("ntl_grating_smallcnn_s2", "ntl_target", seed=2, steps=NTL_STEPS, lr=NTL_LR, ood="grating",
                      warm_start="clean_smallcnn_s2"))
+    # optional NTL-based backdoor: with a 4x4 patch as the target domain the clipped NTL term barely moves
+    # (measured: OOD 91.4 % vs the clean teacher's 90.9 %), so it is not part of the required zoo
     add(RecipeConfig("ntl_backdoor_smallcnn_s0", "ntl_backdoor", seed=0, steps=NTL_STEPS, lr=NTL_LR,
                      trigger={"name": "badnets_square"}, warm_start="clean_smallcnn_s0"))
     for seed in (0, 1):
