@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from teacher_audit.errors import UsageError
-from teacher_audit.zoo.triggers import (TRIGGERS, apply, from_dict, make_spec, patch_box, spec_to_dict)
+from teacher_audit.zoo.triggers import (DEFAULTS, TRIGGERS, apply, from_dict, make_spec, patch_box, spec_to_dict)
 
 PATCH = ("badnets_square", "badnets_grid", "trojan")
 GLOBAL = ("blend", "sig", "wanet")
@@ -101,3 +101,13 @@ def test_spec_dict_is_json() -> None:
     for name in TRIGGERS.names():
         d = spec_to_dict(make_spec(name))
         assert from_dict(json.loads(json.dumps(d))) == make_spec(name)
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
+def test_omitted_keys_take_the_family_defaults(name: str) -> None:
+    """``{"name": n}`` is the family's default trigger (a bare SIG once meant strength 1.0: the whole image
+    replaced by stripes); given keys override, params merge key by key."""
+    assert from_dict({"name": name}) == make_spec(name)
+    assert from_dict({"name": name, "strength": 0.05}).strength == 0.05
+    merged = from_dict({"name": name, "params": {"extra": 1.0}}).params
+    assert merged == {**make_spec(name).params, "extra": 1.0}

@@ -102,7 +102,8 @@ def spec_to_dict(spec: TriggerSpec) -> dict[str, Any]:
 
 
 def from_dict(d: dict[str, Any]) -> TriggerSpec:
-    """Parse and validate a trigger spec dict (inverse of :func:`spec_to_dict`).
+    """Parse and validate a trigger spec dict (inverse of :func:`spec_to_dict`); omitted keys take the
+    family defaults (:data:`DEFAULTS`), so ``{"name": "sig"}`` is the same trigger as ``make_spec("sig")``.
 
     Raises:
         UsageError: unknown family or key, or an out-of-range value (one line).
@@ -115,6 +116,10 @@ def from_dict(d: dict[str, Any]) -> TriggerSpec:
         raise UsageError(f"unknown trigger spec keys: {', '.join(sorted(extra))}")
     name = str(d["name"])
     TRIGGERS.get(name)
+    # keys the spec leaves out take the family's defaults (params merged key by key)
+    defaults = DEFAULTS.get(name, {})
+    params_in = {**dict(defaults.get("params", {})), **dict(d.get("params", {}))}
+    d = {**defaults, **d, "params": params_in}
     pos = d.get("position", "br")
     if isinstance(pos, str):
         if pos not in _CORNERS:
