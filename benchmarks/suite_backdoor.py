@@ -46,6 +46,20 @@ POSITIVE = {"backdoor", "clean_label", "ntl_backdoor"}
 COMPONENTS = ("backdoor_margin", "backdoor_inversion", "backdoor_shuffle", "consensus")
 
 
+def bench_config() -> FusedConfig:
+    """The default fused config without the components' wall-clock safety caps (``limit_seconds``).
+
+    The step counts are the budget; the caps only protect an interactive scan. On this shared CPU
+    (load 5-10 on 2 cores) the 60 s caps cut the margin ascent and the inversion short, so scores
+    would depend on the machine's load; on an idle machine the caps are not reached for a smallcnn.
+    """
+    cfg = FusedConfig()
+    for sub in (cfg.margin, cfg.inversion, cfg.shuffle):
+        if hasattr(sub, "limit_seconds"):
+            sub.limit_seconds = None
+    return cfg
+
+
 def config_key(cfg: FusedConfig) -> str:
     return hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -235,13 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="substring filter on teacher names")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--onnx", action="store_true", help="also score BN-folded ONNX exports of the zoo teachers")
+    ap.add_argument("--onnx-dir", default="", help="where the ONNX exports go (default <zoo>/onnx)")
+    ap.add_argument("--notes", default="", help="Markdown file appended to the docs section (the reading)")
     ap.add_argument("--cached-only", action="store_true", help="evaluate cached scores only; score nothing new")
     ap.add_argument("--cache", default="backdoor_scores.json", help="score cache file name inside the zoo dir")
     ap.add_argument("--extra-cache", action="append", default=[], help="more cache files to read (parallel runs)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     zoo = Path(args.zoo)
-    cfg = FusedConfig()
+    cfg = bench_config()
     key = config_key(cfg) + ":" + args.preset
     cache_path = zoo / args.cache
     cache: dict[str, Any] = {}
@@ -253,8 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     paths = sorted((p for p in zoo.glob("*.safetensors") if Path(str(p) + ".card.json").exists()),
                    key=lambda p: (not p.name.startswith("clean"), not p.name.startswith("ntl"), p.name))
     if args.onnx:
-        paths += [o for o in (export_onnx(p, zoo / "onnx") for p in paths if not args.only or args.only in p.name)
-                  if o is not None]
+        onnx_dir = Path(args.onnx_dir) if args.onnx_dir else zoo / "onnx"
+        if args.cached_only:  # no new exports: only the ONNX files already there
+            paths += sorted(onnx_dir.glob("*.onnx"))
+        else:
+            paths += [o for o in (export_onnx(p, onnx_dir) for p in paths if not args.only or args.only in p.name)
+                      if o is not None]
     for path in paths:
         if args.only and args.only not in path.name:
             continue
@@ -275,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     ev = evaluate(rows, calib)
     cmd = "python benchmarks/suite_backdoor.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = markdown(ev, cmd.strip())
+    if args.notes:
+        md += "\n" + Path(args.notes).read_text().strip() + "\n"
     print(md)
     if args.write_docs:
         write_docs(md)

@@ -12,7 +12,8 @@ Threat assumption: all-to-one backdoor (one target class), any trigger type. Dat
 samples at all (random starts), no BN statistics, so it works on ONNX exports with BN folded away.
 
 Options (``MarginConfig``): ``starts`` random starts per class (MM-BD uses 30; default 4 to fit the
-CPU budget), ``steps`` ascent steps (default 60; MM-BD <= 300), ``lr`` (Adam, in raw pixel units
+CPU budget), ``steps`` ascent steps (default 150; MM-BD <= 300; at 60 steps the target of a
+BadNets-square teacher had not yet overtaken the naturally large-margin classes, at 150 it had), ``lr`` (Adam, in raw pixel units
 relative to the range), ``alpha`` p-value level for the probe's own verdict (0.05),
 ``limit_seconds`` wall-clock cap (the ascent stops early and says so), ``seed``.
 
@@ -49,7 +50,7 @@ class MarginConfig:
     """Budget and options of the max-margin probe (see module docstring)."""
 
     starts: int = 4
-    steps: int = 60
+    steps: int = 150
     lr: float = 0.05
     alpha: float = 0.05
     limit_seconds: float | None = 60.0
