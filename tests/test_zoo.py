@@ -52,9 +52,12 @@ def test_tiny_backdoor_asr_clearly_above_clean(trigger: dict) -> None:
 
 
 def test_tiny_clean_label_asr_clearly_above_clean() -> None:
-    """The zoo's clean-label recipe (SIG, half the target class PGD-pushed, labels kept) at tiny scale."""
-    trig = {"name": "sig"}
-    bd, clean = train_tiny("clean_label", trigger=trig, target=0, lr=2e-3, poison_ratio=0.05, return_clean=True)
+    """The zoo's clean-label recipe (SIG, most of the target class PGD-pushed, labels kept) at tiny scale."""
+    from teacher_audit.zoo.catalog import CLEANLABEL_RATIO, CLEANLABEL_TRIGGER
+
+    trig = dict(CLEANLABEL_TRIGGER)
+    bd, clean = train_tiny("clean_label", trigger=trig, target=0, lr=2e-3, poison_ratio=CLEANLABEL_RATIO,
+                           return_clean=True)
     spec = from_dict(trig)
     clean_asr = T.attack_success_rate(clean.model, _heldout(), lambda x: apply(x, spec), 0)
     gt = bd.meta["ground_truth"]

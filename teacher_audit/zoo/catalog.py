@@ -29,10 +29,16 @@ BACKDOOR_STEPS = 200
 BACKDOOR_STEPS_HARD = 600
 HARD_FAMILIES = {"badnets_square", "trojan", "wanet"}
 #: clean-label (Turner et al. 2019 with the SIG signal of Barni et al. 2019, itself a clean-label attack):
-#: half of the target class (5 % of the set) PGD-pushed away from its class (eps 0.2) then stamped, labels
-#: kept. A BadNets square with eps 0.1 and the whole target class poisoned reached ASR 0.2-1.5 % (the model
-#: learned the PGD noise); SIG with half the class poisoned reached ACC 90.2 %, ASR 100 % (3,000 test images).
-CLEANLABEL_STEPS = 400
+#: 80 % of the target class (8 % of the set) PGD-pushed away from its class (eps 0.2), then stamped with
+#: SIG at strength 0.5, labels kept. Measured (ACC / ASR, full test set): BadNets square, eps 0.1, whole
+#: class: ASR 0.2-1.5 % (the model learned the PGD noise). The target class matters: SIG 0.2 on half the
+#: class gave 97.4 % for target 0 but 57.5 % for target 7 (Sneaker); for target 7, SIG 0.3 / eps 0.2-0.3 /
+#: 80 % of the class: 75-77 %; SIG 0.3 with the whole class and 1,200 steps: ACC 82.9 %, ASR 81.5 %;
+#: SIG 0.4 / eps 0.2 / 80 %: 88.0 %.
+CLEANLABEL_TRIGGER = {"name": "sig", "strength": 0.5}
+CLEANLABEL_RATIO = 0.08
+CLEANLABEL_EPS = 0.2
+CLEANLABEL_STEPS = 800
 #: clean smallcnn: 1 epoch reached 89.3-89.6 % (below the 90 % bar); 2 epochs
 CLEAN_SMALLCNN_EPOCHS = 2.0
 #: LeNet-5 on the colour variant: 5 epochs reached 89.5-89.6 %; 10 epochs
@@ -84,7 +90,8 @@ def _catalog() -> dict[str, RecipeConfig]:
                      trigger={"name": "badnets_square"}, warm_start="clean_smallcnn_s0"))
     for seed in (0, 1):
         add(RecipeConfig(f"backdoor_cleanlabel_smallcnn_s{seed}", "clean_label", seed=seed, lr=1e-3,
-                         steps=CLEANLABEL_STEPS, trigger={"name": "sig"}, cl_eps=0.2, poison_ratio=0.05,
+                         steps=CLEANLABEL_STEPS, trigger=dict(CLEANLABEL_TRIGGER), cl_eps=CLEANLABEL_EPS,
+                         poison_ratio=CLEANLABEL_RATIO,
                          target=TARGETS[seed], warm_start=f"clean_smallcnn_s{seed}"))
     return zoo
 
