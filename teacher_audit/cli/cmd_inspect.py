@@ -51,7 +51,7 @@ def inspect(
         if partial is not None and not is_stdout(json_out):
             out.print(render_table(partial, exc))
         if json_out is not None:
-            _emit(json_out, to_json(inspect_document(partial, exit_code_for(exc), one_line(exc))))
+            _emit(json_out, to_json(inspect_document(partial, exit_code_for(exc), one_line(exc))), announce=False)
         raise
     if not is_stdout(json_out):
         out.print(render_table(intake))
@@ -60,11 +60,13 @@ def inspect(
     return ExitCode.PASS
 
 
-def _emit(target: Path, text: str) -> None:
-    """Write ``text`` atomically to ``target``, or to standard output for ``-``."""
+def _emit(target: Path, text: str, announce: bool = True) -> None:
+    """Write ``text`` atomically to ``target``, or to standard output for ``-``. On errors the one error line
+    stays the only stderr line (``announce=False``)."""
     if is_stdout(target):
         sys.stdout.write(text)
         sys.stdout.flush()
         return
     atomic_write_text(target, text)
-    err.print(f"wrote {target}", markup=False, highlight=False)
+    if announce:
+        err.print(f"wrote {target}", markup=False, highlight=False)
