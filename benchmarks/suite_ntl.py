@@ -309,6 +309,11 @@ def suite_defense(args: argparse.Namespace) -> None:
         rows.append(row)
         print(row, flush=True)
         save_json("defense" + args.out, rows)
+        write_defense(rows, args)  # after every teacher: a partial table survives an interrupted run
+
+
+def write_defense(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """The ``## ATEsc defense`` section from the rows measured so far."""
 
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.1f}"

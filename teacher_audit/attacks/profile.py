@@ -98,6 +98,8 @@ class Profile:
     notes: list[str] = field(default_factory=list)
     all_pred: np.ndarray | None = None
     all_phase: np.ndarray | None = None
+    all_batch: np.ndarray | None = None
+    batch: np.ndarray | None = None
 
     @property
     def log_eps(self) -> np.ndarray:
@@ -168,22 +170,33 @@ def collect_samples(teacher: Teacher, engine: Any, cfg: ProfileConfig) -> tuple[
     return sets, notes
 
 
-def measure(teacher: Teacher, sets: dict[str, torch.Tensor], cfg: ProfileConfig, seed: int = 0) -> Profile:
-    """PGD-profile every sample of ``sets`` (batched)."""
+def measure(teacher: Teacher, sets: dict[str, torch.Tensor], cfg: ProfileConfig, seed: int = 0,
+            batch_size: int = 128) -> Profile:
+    """Teacher classes of every sample of ``sets``; PGD profile of up to ``cfg.n_measure`` of them.
+
+    ``batch_size`` is the synthesis batch size (samples are tagged with their generator batch).
+    """
     model = teacher.model
     dev = teacher.device
     vr = tuple(float(v) for v in teacher.spec.value_range)
     names = list(sets)
     x = torch.cat([sets[k] for k in names]).to(dev)
     phase = np.concatenate([np.array([k] * sets[k].shape[0]) for k in names])
+    # synthesis batch of every sample (phase, block of ``batch_size``): one degenerate generator batch
+    # must not look like a pull, so the probe's statistics are medians over batches
+    bid, off = [], 0
+    for k in names:
+        bid.append(off + np.arange(sets[k].shape[0]) // max(1, batch_size))
+        off = int(bid[-1].max()) + 1 if sets[k].shape[0] else off
+    batch = np.concatenate(bid) if bid else np.zeros(0, dtype=int)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         all_pred = model(x).argmax(1).cpu().numpy()
     passes_all = x.shape[0]
-    all_phase = phase
+    all_phase, all_batch = phase, batch
     if 0 < cfg.n_measure < x.shape[0]:
         keep = torch.randperm(x.shape[0], generator=gen)[: cfg.n_measure].sort().values
-        x, phase = x[keep.to(dev)], phase[keep.numpy()]
+        x, phase, batch = x[keep.to(dev)], phase[keep.numpy()], batch[keep.numpy()]
     eps, cens, passes = min_flip_eps(model, x, eps_max=cfg.eps_max, eps_min=cfg.eps_min, bisection_steps=cfg.bisection_steps,
                                      pgd_steps=cfg.pgd_steps, value_range=vr, generator=gen)  # type: ignore[arg-type]
     if cfg.kl_steps > 0:
@@ -198,7 +211,7 @@ def measure(teacher: Teacher, sets: dict[str, torch.Tensor], cfg: ProfileConfig,
     return Profile(x=x.cpu(), phase=phase, eps255=(eps * 255).cpu().numpy(), censored=cens.cpu().numpy(),
                    kl=kl.cpu().numpy(), conf=p.max(1)[0].cpu().numpy(), entropy=ent.cpu().numpy(),
                    pred=p.argmax(1).cpu().numpy(), num_classes=p.shape[1], passes=passes + passes_all,
-                   all_pred=all_pred, all_phase=all_phase)
+                   all_pred=all_pred, all_phase=all_phase, all_batch=all_batch, batch=batch)
 
 
 def profile_teacher(teacher: Teacher, engine: Any, cfg: ProfileConfig | None = None, seed: int = 0) -> Profile:
@@ -210,7 +223,8 @@ def profile_teacher(teacher: Teacher, engine: Any, cfg: ProfileConfig | None = N
     with torch.random.fork_rng(devices=[]):  # deterministic given the seed, and leaves the caller's RNG alone
         torch.manual_seed(seed)
         sets, more = collect_samples(teacher, eng, cfg)
-        prof = measure(teacher, sets, cfg, seed=seed)
+        bs = int(getattr(getattr(eng, "config", None), "batch_size", 128) or 128)
+        prof = measure(teacher, sets, cfg, seed=seed, batch_size=bs)
     prof.passes += int(getattr(eng, "passes", 0)) - p0
     prof.seconds = time.perf_counter() - t0
     prof.notes = notes + more

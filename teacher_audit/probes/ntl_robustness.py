@@ -13,9 +13,9 @@ Method:
 1. samples from the profile's own seeded synthesis engine (:mod:`teacher_audit.attacks.profile`,
    independent of the scan's preset): ``synthesize`` output and the last generator batches of a
    short DFKD run;
-2. per sample: smallest label-flipping L-inf radius (geometric bisection over PGD) and the teacher's
-   confidence, entropy and class;
-3. features: a second, robust mode of ``log10(radius)`` (two-component mixture,
+2. per sample: the teacher's class (all samples); smallest label-flipping L-inf radius (geometric
+   bisection over PGD), confidence and entropy (a seeded subset of ``n_measure`` samples);
+3. features: the class the synthesis collapses to and its share (median over synthesis batches), a second, robust mode of ``log10(radius)`` (two-component mixture,
    :func:`teacher_audit.attacks.split.robust_split`), its share overall and per phase (growth from
    the first batches to the DFKD batches), the robust tail beyond ``tail_gap`` decades above the
    median, confidence/entropy of robust vs fragile samples, and the classes robust samples collapse to;
@@ -24,15 +24,16 @@ Method:
    only (several probe seeds each; docs/ntl.md).
 
 Options (``NTLConfig``) with defaults: profile budget (``ProfileConfig``: the profile's own ``fast``
-engine seeded with the probe seed, 256 ``synthesize`` + 128 short-DFKD samples, radius bracket
+engine seeded with the probe seed, 256 ``synthesize`` + 128 short-DFKD samples, 192 of them
+PGD-profiled, radius bracket
 [0.5, 32]/255, 4 bisection rounds x 5 PGD steps), ``robust_floor`` 8/255 (mixture modes), ``tail_gap`` 0.6
 decades (relative tail), ``threshold`` from the calibration in ``docs/ntl.md``.
 
-Outputs: ``ProbeResult`` (threat ``ntl``) with the score, the threshold, the class robust samples
-collapse to as ``target_class``, features in ``details`` and evidence: the robustness histogram
-(PNG), grids of the most fragile and the most robust samples, a features table. When robust samples
-collapse to one class the summary says that a backdoor trigger would look the same and points to
-the backdoor probes.
+Outputs: ``ProbeResult`` (threat ``ntl``) with the score, the threshold, the class synthesis
+collapses to as ``target_class`` (when flagged), features in ``details`` and evidence: the robustness
+histogram (PNG), grids of the most fragile and the most robust samples, a features table. When it
+flags, the summary says that a backdoor trigger pulls synthesis the same way (measured on the zoo) and
+points to the backdoor probes.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ from teacher_audit.report.model import Budget, Evidence, ProbeResult
 from teacher_audit.severity import Severity
 from teacher_audit.teacher import Teacher
 
-#: Default decision threshold on :func:`ntl_score`, calibrated on clean zoo teachers (docs/ntl.md).
-DEFAULT_THRESHOLD = 0.08
+#: Default decision threshold on :func:`ntl_score`, calibrated on clean zoo teachers only: largest score
+#: of 12 runs (6 clean zoo-v2 teachers, smallcnn and LeNet-5, 2 probe seeds each) 0.175 x 1.25, rounded
+#: up to 0.01 (docs/ntl.md, docs/benchmarks.md "## NTL detection").
+DEFAULT_THRESHOLD = 0.22
 
 
 @dataclass
@@ -105,12 +108,23 @@ def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) ->
     cut = float(split.threshold) if bimodal else med + tail_gap
     if prof.all_pred is not None:  # every synthetic sample, PGD-profiled or not
         amain = prof.all_phase != "early" if (prof.all_phase != "early").any() else np.ones(prof.all_pred.size, bool)
-        all_counts = np.bincount(prof.all_pred[amain], minlength=k)
-        n_all = int(amain.sum())
+        apred = prof.all_pred[amain]
+        abatch = prof.all_batch[amain] if prof.all_batch is not None else np.zeros(apred.size, dtype=int)
     else:
-        all_counts, n_all = np.bincount(pred, minlength=k), int(rm.size)
+        apred, abatch = pred, np.zeros(pred.size, dtype=int)
+    all_counts, n_all = np.bincount(apred, minlength=k), int(apred.size)
+    mbatch = prof.batch[main] if prof.batch is not None else np.zeros(rm.size, dtype=int)
+
+    def batch_median(hit: np.ndarray, ids: np.ndarray) -> float:
+        """Median over synthesis batches of the share of ``hit`` (robust to one degenerate batch)."""
+        shares = [float(hit[ids == b].mean()) for b in np.unique(ids) if (ids == b).any()]
+        return float(np.median(shares)) if shares else 0.0
+
+    pull_class = int(all_counts.argmax())
+    pull_share = batch_median(apred == pull_class, abatch)
     tail_counts = np.bincount(pred[tail], minlength=k) if tail.any() else np.zeros(k, dtype=int)
     mode_counts = np.bincount(pred[robust_main], minlength=k) if robust_main.any() else np.zeros(k, dtype=int)
+    tail_top, mode_top = int(tail_counts.argmax()), int(mode_counts.argmax())
 
     def share(phase: str) -> float | None:
         m = prof.phase == phase
@@ -135,12 +149,12 @@ def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) ->
         "entropy_fragile": float(ent[~rob].mean()) if (~rob).any() else None,
         "robust_classes": counts.tolist(), "collapse_class": top, "collapse_share": collapse,
         "split_threshold_log10": cut,
-        "collapsed_tail_share": float(tail_counts.max() / rm.size),
-        "pull_class": int(all_counts.argmax()), "pull_share": float(all_counts.max() / n_all),
-        "pull_excess": float(max(0.0, (all_counts.max() / n_all - 1.0 / k) / (1.0 - 1.0 / k))),
-        "n_pull_samples": n_all,
+        "collapsed_tail_share": batch_median(tail & (pred == tail_top), mbatch) if tail.any() else 0.0,
+        "collapsed_mode_share": batch_median(robust_main & (pred == mode_top), mbatch) if robust_main.any() else 0.0,
+        "pull_class": pull_class, "pull_share": pull_share, "pull_share_pooled": float(all_counts.max() / n_all),
+        "pull_excess": float(max(0.0, (pull_share - 1.0 / k) / (1.0 - 1.0 / k))),
+        "n_pull_samples": n_all, "n_batches": int(np.unique(abatch).size),
         "class_counts": all_counts.tolist(),
-        "collapsed_mode_share": float(mode_counts.max() / rm.size),
     }
 
 
