@@ -120,10 +120,6 @@ def markdown(rs: list[dict[str, Any]], cmd: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: learning rates the recipe kinds use when the config leaves ``lr`` unset (teacher_audit/zoo/recipes.py)
-KIND_LR = {"clean": 2e-3, "backdoor": 5e-4, "clean_label": 5e-4}
-
-
 def recipe_notes() -> list[str]:
     """One line per recipe group, read from the catalog (so the text cannot drift from the code)."""
     from teacher_audit.zoo.catalog import ZOO
@@ -140,7 +136,7 @@ def recipe_notes() -> list[str]:
         if cfg.warm_start:
             extra.append("warm start from the clean teacher of the same seed")
         key = (f"`{cfg.kind}` {cfg.arch} on {cfg.dataset} {trig}".rstrip() + f": {length}, Adam lr "
-               f"{cfg.lr if cfg.lr is not None else KIND_LR.get(cfg.kind, 'kind default')}, batch {cfg.batch_size}"
+               f"{cfg.effective_lr:g}, batch {cfg.batch_size}"
                + ("; " + "; ".join(extra) if extra else ""))
         groups.setdefault(key, []).append(cfg.name)
     return [f"- {k} ({len(v)}: {', '.join(v)})" for k, v in groups.items()]

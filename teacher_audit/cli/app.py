@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
+from teacher_audit.atomic import atomic_write_text
 from teacher_audit.exitcodes import ExitCode, exit_code_for
 
 app = typer.Typer(
@@ -30,6 +31,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 def is_stdout(path: object) -> bool:
     """True for the conventional ``-`` file argument, meaning standard output."""
     return path is not None and str(path) == "-"
+
+
+def write_or_stdout(target: Any, text: str) -> bool:
+    """Write ``text`` atomically to ``target``, or to standard output for ``-``; True when a file was written."""
+    if is_stdout(target):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return False
+    atomic_write_text(target, text)
+    return True
 
 
 def one_line(exc: BaseException) -> str:

@@ -9,14 +9,12 @@ architecture, TorchScript without ``--trust-torchscript``), 4 usage.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from teacher_audit.atomic import atomic_write_text
-from teacher_audit.cli.app import app, err, guarded, is_stdout, one_line, out
+from teacher_audit.cli.app import app, err, guarded, is_stdout, one_line, out, write_or_stdout
 from teacher_audit.errors import AuditError
 from teacher_audit.exitcodes import ExitCode, exit_code_for
 from teacher_audit.intake.inspect import inspect_document, inspect_path, render_table, spec_flags, to_json
@@ -51,22 +49,11 @@ def inspect(
         if partial is not None and not is_stdout(json_out):
             out.print(render_table(partial, exc))
         if json_out is not None:
-            _emit(json_out, to_json(inspect_document(partial, exit_code_for(exc), one_line(exc))), announce=False)
+            # the one error line stays the only stderr line: no "wrote" here
+            write_or_stdout(json_out, to_json(inspect_document(partial, exit_code_for(exc), one_line(exc))))
         raise
     if not is_stdout(json_out):
         out.print(render_table(intake))
-    if json_out is not None:
-        _emit(json_out, to_json(inspect_document(intake, ExitCode.PASS, None)))
+    if json_out is not None and write_or_stdout(json_out, to_json(inspect_document(intake, ExitCode.PASS, None))):
+        err.print(f"wrote {json_out}", markup=False, highlight=False)
     return ExitCode.PASS
-
-
-def _emit(target: Path, text: str, announce: bool = True) -> None:
-    """Write ``text`` atomically to ``target``, or to standard output for ``-``. On errors the one error line
-    stays the only stderr line (``announce=False``)."""
-    if is_stdout(target):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    atomic_write_text(target, text)
-    if announce:
-        err.print(f"wrote {target}", markup=False, highlight=False)

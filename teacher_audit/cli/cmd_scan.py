@@ -11,13 +11,12 @@ Human summary to stdout; progress and logs to stderr; all files written atomical
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from teacher_audit.cli.app import app, err, guarded, is_stdout, out
+from teacher_audit.cli.app import app, err, guarded, is_stdout, out, write_or_stdout
 from teacher_audit.errors import UsageError
 from teacher_audit.exitcodes import ExitCode
 from teacher_audit.report.model import Report, ScanSet
@@ -51,14 +50,8 @@ def write_outputs(doc: Report | ScanSet, *, json_path: Optional[Path], md_path: 
 
     written: list[Path] = []
     for fmt, target in (("json", json_path), ("md", md_path), ("html", html_path), ("sarif", sarif_path)):
-        if target is None:
-            continue
-        if is_stdout(target):
-            sys.stdout.write(render(fmt, doc))
-            sys.stdout.flush()
-            continue
-        write_report(fmt, doc, target)
-        written.append(target)
+        if target is not None and write_or_stdout(target, render(fmt, doc)):
+            written.append(target)
     if out_dir is not None:
         reports = list(doc.reports) if isinstance(doc, ScanSet) else [doc]
         for i, rep in enumerate(reports):

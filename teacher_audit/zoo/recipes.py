@@ -44,6 +44,11 @@ from teacher_audit.zoo import train as T
 from teacher_audit.zoo.triggers import TriggerSpec, apply, from_dict, make_spec, spec_to_dict
 
 
+#: learning rate of each recipe kind when ``RecipeConfig.lr`` is None
+DEFAULT_LR: dict[str, float] = {"clean": 2e-3, "backdoor": 5e-4, "clean_label": 5e-4,
+                                "ntl_target": 1e-4, "ntl_watermark": 1e-4, "ntl_backdoor": 1e-4}
+
+
 @dataclass
 class RecipeConfig:
     """One teacher to build. Every field is JSON/TOML-able (see ``examples/recipes.toml``).
@@ -57,7 +62,7 @@ class RecipeConfig:
         epochs: passes over the training set (ignored when ``steps`` is set).
         steps: optimiser steps (overrides ``epochs``).
         batch_size: images per step (per domain for NTL kinds).
-        lr: Adam learning rate (kind default if None: clean 2e-3, backdoor 5e-4, NTL 1e-4).
+        lr: Adam learning rate (kind default :data:`DEFAULT_LR` if None: clean 2e-3, backdoor 5e-4, NTL 1e-4).
         trigger: trigger spec dict (backdoor kinds, ntl_backdoor; ``ntl_watermark`` uses it as the watermark).
         target: backdoor target class.
         poison_ratio: share of the training set poisoned.
@@ -88,6 +93,11 @@ class RecipeConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def effective_lr(self) -> float:
+        """The learning rate the recipe trains with (``lr`` or the kind's default)."""
+        return self.lr or DEFAULT_LR[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
@@ -198,7 +208,7 @@ def clean(cfg: RecipeConfig, ctx: RecipeContext) -> Trained:
         idx = next(it)
         return T.ce(m, tr.floats(idx), tr.y[idx]), ""
 
-    secs = T.train_steps(model, steps, cfg.batch_size, cfg.lr or 2e-3, cfg.seed, loss_fn, ctx.progress,
+    secs = T.train_steps(model, steps, cfg.batch_size, cfg.effective_lr, cfg.seed, loss_fn, ctx.progress,
                          warmup=min(100, steps // 10))
     acc = T.accuracy(model, te)
     return Trained(model.net, model.spec, _gt(cfg, acc=acc, train_seconds=round(secs, 1)), secs)
@@ -237,7 +247,7 @@ def _poisoned_training(cfg: RecipeConfig, ctx: RecipeContext, tr: T.Split, model
                 y[pm] = cfg.target
         return T.ce(m, x, y), ""
 
-    return T.train_steps(model, steps, cfg.batch_size, cfg.lr or 5e-4, cfg.seed, loss_fn, ctx.progress,
+    return T.train_steps(model, steps, cfg.batch_size, cfg.effective_lr, cfg.seed, loss_fn, ctx.progress,
                          warmup=0 if cfg.warm_start else min(100, steps // 10))
 
 
@@ -314,7 +324,7 @@ def _ntl(cfg: RecipeConfig, ctx: RecipeContext, ood: Callable[[torch.Tensor], to
         return loss, f"src {l_src.item():.2f} tgt {l_tgt.item():.2f} mmd {mmd.item():.2f}"
 
     try:
-        secs = T.train_steps(model, steps, cfg.batch_size, cfg.lr or 1e-4, cfg.seed, loss_fn, ctx.progress)
+        secs = T.train_steps(model, steps, cfg.batch_size, cfg.effective_lr, cfg.seed, loss_fn, ctx.progress)
     finally:
         handle.remove()
     id_acc = T.accuracy(model, te)
