@@ -9,12 +9,17 @@ probe runs once (all components, default budgets, seed 0); raw component scores 
 ``<zoo>/backdoor_scores.json`` (keyed by file SHA-256 and probe config, so re-runs only score new
 teachers). Then:
 
-* ``--calibrate`` standardises each component on the CLEAN teachers (kind ``clean``), sets the fused
-  threshold to the largest clean fused score plus ``margin``, and rewrites the ``CALIBRATION`` block
-  in ``teacher_audit/probes/backdoor_fused.py``;
+* the NTL probe runs once per teacher too (scan defaults, cached in ``--ntl-cache``): its features
+  give the fused score's ``pull`` component, the NTL trap classes and the robust-tail target vote,
+  exactly as ``scan``'s second pass does (``FusedBackdoorProbe.combine``);
+* clean teachers run with every ``--clean-seeds`` probe seed (default 0,1) for the calibration spread;
+* ``--calibrate`` standardises each component on the CLEAN runs (kind ``clean``, BN-folded exports
+  excluded), sets the fused threshold to the largest clean fused score plus ``margin``, and rewrites
+  the ``CALIBRATION`` block in ``teacher_audit/probes/backdoor_fused.py``;
 * AUROC of the fused score and of every component (positives: ``backdoor``, ``clean_label`` and
   ``ntl_backdoor`` kinds; negatives: ``clean`` and the NTL kinds), the share of clean teachers
   flagged, the target-class accuracy on backdoored teachers and the seconds per teacher are printed
+  (seed-0 run of each teacher; BN-folded ONNX exports in a separate table)
   and, with ``--write-docs``, written to ``docs/benchmarks.md`` under ``## Backdoor detection``.
 """
 
@@ -38,12 +43,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from teacher_audit.probes.backdoor_fused import CALIBRATION, FusedBackdoorProbe, FusedConfig, consensus, fuse  # noqa: E402
+from teacher_audit.probes.backdoor_fused import (  # noqa: E402
+    CALIBRATION,
+    FusedBackdoorProbe,
+    FusedConfig,
+    consensus,
+    derived,
+    fuse,
+    pull_result,
+    trap_classes,
+)
 from teacher_audit.probes.backdoor_common import robust_z  # noqa: E402
 from teacher_audit.report.model import ProbeResult  # noqa: E402
 
 POSITIVE = {"backdoor", "clean_label", "ntl_backdoor"}
-COMPONENTS = ("backdoor_margin", "backdoor_inversion", "backdoor_shuffle", "consensus")
+COMPONENTS = ("backdoor_margin", "backdoor_inversion", "backdoor_shuffle", "consensus", "pull")
 
 
 def bench_config() -> FusedConfig:
@@ -91,6 +105,27 @@ def score_teacher(path: Path, cfg: FusedConfig, preset: str) -> dict[str, Any]:
     }
 
 
+def ntl_key(seed: int) -> str:
+    """Cache key part of the NTL probe's features: probe config (defaults, as ``scan`` runs it) and seed."""
+    from teacher_audit.probes.ntl_robustness import NTLConfig
+
+    cfg = NTLConfig(seed=seed, evidence=False)
+    return "ntl:" + hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def score_ntl(path: Path, seed: int) -> dict[str, Any]:
+    """Run the NTL probe (scan defaults, probe seed ``seed``) on one teacher; its features feed the fused
+    backdoor score (the pull component and the trap-class exclusion, see ``backdoor_fused``)."""
+    from teacher_audit.intake.load import LoadOptions, load_teacher
+    from teacher_audit.probes.ntl_robustness import NTLConfig, NTLRobustnessProbe
+
+    teacher, _ = load_teacher(path, LoadOptions(device="cpu"))
+    t0 = time.perf_counter()
+    res = NTLRobustnessProbe(NTLConfig(seed=seed, evidence=False)).run(teacher, None)
+    return {"seed": seed, "score": res.score, "flagged": res.flagged, "threshold": res.threshold,
+            "details": {k: v for k, v in res.details.items() if k != "notes"}, "seconds": time.perf_counter() - t0}
+
+
 def export_onnx(path: Path, out_dir: Path) -> Path | None:
     """Export a zoo teacher to ONNX with constant folding (BatchNorm folded into Conv), card copied."""
     from teacher_audit.intake.load import LoadOptions, load_teacher
@@ -126,7 +161,7 @@ def auroc(pos: list[float], neg: list[float]) -> float:
 def as_results(row: dict[str, Any]) -> dict[str, ProbeResult]:
     return {n: ProbeResult(probe=n, threat="backdoor", status=c["status"] or "error", score=c["score"],
                            target_class=c["target"], details=c.get("details") or {})
-            for n, c in row["components"].items() if n != "consensus"}
+            for n, c in row["components"].items() if n not in ("consensus", "pull")}
 
 
 def with_consensus(row: dict[str, Any]) -> dict[str, Any]:
@@ -147,28 +182,44 @@ def with_consensus(row: dict[str, Any]) -> dict[str, Any]:
     c = consensus(as_results(row))
     row["components"]["consensus"] = {"score": None if c is None else c.score,
                                       "target": None if c is None else c.target_class, "status": "ok" if c else "error"}
+    # the scores as the fusion uses them: NTL trap classes neutralised, plus the synthesis pull
+    used = derived(as_results(row), row.get("ntl"))
+    row["used"] = {n: {"score": r.score, "target": r.target_class} for n, r in used.items()}
+    raw_pull = pull_result(row.get("ntl"), set())  # the probe's own pull, before the trap-class exclusion
+    if raw_pull is not None:
+        row["components"]["pull"] = {"score": raw_pull.score, "target": raw_pull.target_class, "status": "ok"}
     return row
 
 
-FUSED = ("backdoor_margin", "backdoor_inversion", "consensus")
+FUSED = ("backdoor_margin", "backdoor_inversion", "consensus", "pull")
 """Components that enter the fused score. ``backdoor_shuffle`` still runs and is reported, but its
 agreement score did not separate on the zoo (AUROC ~0.5; a BN-folded ONNX export of a clean teacher
 scored like a backdoor), so it is left out of the fusion."""
 
 
+SD_FLOOR = {"pull": 0.02}
+"""Smallest sd per component (the calibration set is small); default 0.1. The pull is a share (clean
+spread ~0.05), the other scores are on a -log10 p / robust-z scale."""
+
+
 def calibrate(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
-    """Per-component clean mean/sd and the fused threshold (max clean fused + margin)."""
-    clean = [r for r in rows if r["kind"] == "clean"]
+    """Per-component clean mean/sd and the fused threshold (max clean fused + margin).
+
+    Uses every clean run (all ``--clean-seeds``), with the component scores as the fusion uses them.
+    """
+    clean = [r for r in rows if r["kind"] == "clean" and r.get("format") != "onnx"]  # exports: out-of-sample check
     comps: dict[str, dict[str, float]] = {}
     for n in FUSED:
-        v = np.array([r["components"][n]["score"] for r in clean if r["components"].get(n, {}).get("score") is not None])
+        v = np.array([r["used"][n]["score"] for r in clean if r["used"].get(n, {}).get("score") is not None])
         if len(v):
             comps[n] = {"mean": round(float(v.mean()), 4), "sd": round(max(float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                                                                         0.25 * abs(float(v.mean())), 0.1), 4)}
-    calib = {"components": comps, "threshold": 0.0, "margin": margin, "n_clean": len(clean),
-             "source": f"benchmarks/suite_backdoor.py --calibrate on {len(clean)} clean zoo teachers, "
-                       f"{datetime.now(timezone.utc).date()}"}
-    fused_clean = [fuse(as_results(r), calib)[0] for r in clean]
+                                                                         0.25 * abs(float(v.mean())),
+                                                                         SD_FLOOR.get(n, 0.1)), 4)}
+    n_teachers = len({r["name"] for r in clean})
+    calib = {"components": comps, "threshold": 0.0, "margin": margin, "n_clean": n_teachers, "n_clean_runs": len(clean),
+             "source": f"benchmarks/suite_backdoor.py --calibrate on {n_teachers} clean zoo teachers x "
+                       f"{len(clean) / max(1, n_teachers):g} probe seeds, {datetime.now(timezone.utc).date()}"}
+    fused_clean = [fuse(as_results(r), calib, r.get("ntl"))[0] for r in clean]
     calib["threshold"] = round(max(fused_clean) + margin, 4) if fused_clean else 3.0
     return calib
 
@@ -182,25 +233,56 @@ def write_calibration(calib: dict[str, Any]) -> None:
 
 
 def evaluate(rows: list[dict[str, Any]], calib: dict[str, Any]) -> dict[str, Any]:
-    pos = [r for r in rows if r["kind"] in POSITIVE]
-    neg = [r for r in rows if r["kind"] not in POSITIVE]
-    fused = {r["name"]: fuse(as_results(r), calib) for r in rows}
-    out: dict[str, Any] = {"n_pos": len(pos), "n_neg": len(neg), "threshold": calib["threshold"]}
-    out["auroc_fused"] = auroc([fused[r["name"]][0] for r in pos], [fused[r["name"]][0] for r in neg])
+    """AUROC (fused, each component raw and as fused), flags and target accuracy.
+
+    AUROC and the per-teacher table use each teacher's seed-0 run; the clean-flag count and the clean
+    spread use every clean run (all calibration seeds).
+    """
+    onnx = [r for r in rows if r.get("format") == "onnx"]
+    rows = [r for r in rows if r.get("format") != "onnx"]
+    main = [r for r in rows if r.get("seed", 0) == 0]
+    pos = [r for r in main if r["kind"] in POSITIVE]
+    neg = [r for r in main if r["kind"] not in POSITIVE]
+    clean_runs = [r for r in rows if r["kind"] == "clean"]
+    fz = {id(r): fuse(as_results(r), calib, r.get("ntl")) for r in rows}
+    out: dict[str, Any] = {"n_pos": len(pos), "n_neg": len(neg), "threshold": calib["threshold"],
+                           "n_clean_runs": len(clean_runs)}
+    out["auroc_fused"] = auroc([fz[id(r)][0] for r in pos], [fz[id(r)][0] for r in neg])
     for n in COMPONENTS:
-        out[f"auroc_{n}"] = auroc([r["components"][n]["score"] for r in pos if r["components"].get(n, {}).get("score") is not None],
-                                  [r["components"][n]["score"] for r in neg if r["components"].get(n, {}).get("score") is not None])
-    out["clean_flagged"] = sum(fused[r["name"]][0] > calib["threshold"] for r in rows if r["kind"] == "clean")
-    out["neg_flagged"] = sum(fused[r["name"]][0] > calib["threshold"] for r in neg)
-    out["pos_flagged"] = sum(fused[r["name"]][0] > calib["threshold"] for r in pos)
-    out["target_right"] = sum(fused[r["name"]][1] == r["target"] for r in pos)
-    out["seconds_median"] = float(np.median([r["seconds"] for r in rows])) if rows else float("nan")
+        raw = [(r in pos, r["components"].get(n, {}).get("score")) for r in pos + neg]
+        used = [(r in pos, fz[id(r)][2].get(n)) for r in pos + neg]  # z as fused (0 when explained by a trap)
+        for key, sc in (("raw", raw), ("used", used)):
+            out[f"auroc_{n}_{key}"] = auroc([v for p, v in sc if p and v is not None],
+                                            [v for p, v in sc if not p and v is not None])
+    clean_f = [fz[id(r)][0] for r in clean_runs]
+    out["clean_flagged"] = sum(v > calib["threshold"] for v in clean_f)
+    out["clean_max"] = max(clean_f) if clean_f else float("nan")
+    out["clean_mean"] = float(np.mean(clean_f)) if clean_f else float("nan")
+    out["neg_flagged"] = sum(fz[id(r)][0] > calib["threshold"] for r in neg)
+    out["pos_flagged"] = sum(fz[id(r)][0] > calib["threshold"] for r in pos)
+    out["target_right"] = sum(fz[id(r)][1] == r["target"] for r in pos)
+    out["seconds_median"] = float(np.median([r["seconds"] for r in main])) if main else float("nan")
+
+    def val(r: dict[str, Any], n: str) -> float | None:
+        v = r["used"].get(n, {}).get("score")
+        return None if v is None else round(float(v), 2)
+
     out["per_teacher"] = [{"name": r["name"], "kind": r["kind"], "trigger": r["trigger"], "target": r["target"],
-                           "fused": round(fused[r["name"]][0], 2), "suspected": fused[r["name"]][1],
-                           **{n.removeprefix("backdoor_"): (None if r["components"][n]["score"] is None else
-                                                            round(r["components"][n]["score"], 2))
-                              for n in COMPONENTS if n in r["components"]},
-                           "seconds": round(r["seconds"], 1)} for r in rows]
+                           "fused": round(fz[id(r)][0], 2), "suspected": fz[id(r)][1],
+                           "lead": max(fz[id(r)][2], key=fz[id(r)][2].get) if fz[id(r)][2] else None,
+                           **{n.removeprefix("backdoor_"): val(r, n) for n in COMPONENTS},
+                           "traps": sorted(trap_classes(r.get("ntl"))),
+                           "seconds": round(r["seconds"], 1)} for r in main]
+    by_name = {r["name"]: r for r in main}
+    out["onnx"] = []
+    for r in onnx:
+        f = fuse(as_results(r), calib, r.get("ntl"))
+        orig = by_name.get(r["name"].removesuffix("_bnfolded"))
+        fo = fuse(as_results(orig), calib, orig.get("ntl")) if orig else None
+        out["onnx"].append({"name": r["name"], "kind": r["kind"], "target": r["target"], "fused": round(f[0], 2),
+                            "suspected": f[1], "flagged": f[0] > calib["threshold"],
+                            "orig_fused": None if fo is None else round(fo[0], 2),
+                            "orig_suspected": None if fo is None else fo[1]})
     return out
 
 
@@ -208,24 +290,41 @@ def markdown(ev: dict[str, Any], cmd: str) -> str:
     lines = ["## Backdoor detection", "",
              f"Command: `{cmd}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, 2-core CPU "
              f"({platform.machine()}), shared with other jobs (times are upper bounds).", "",
-             f"Zoo: {ev['n_pos']} backdoored teachers vs {ev['n_neg']} clean + NTL teachers. Calibration: "
-             f"clean teachers only, threshold = max clean fused z + margin = {ev['threshold']:.2f} "
-             "(in-sample: the same clean teachers set the threshold and are counted below).", "",
+             f"Zoo: {ev['n_pos']} backdoored teachers vs {ev['n_neg']} clean + NTL teachers (NTL = negatives). "
+             f"Calibration: clean teachers only ({ev['n_clean_runs']} clean runs: every clean teacher x the "
+             f"calibration probe seeds), threshold = max clean fused z + margin = {ev['threshold']:.2f} "
+             "(in-sample: the same clean runs set the threshold and are counted below).", "",
              "| metric | value |", "|---|---|",
              f"| AUROC fused | {ev['auroc_fused']:.3f} |"]
     for n in COMPONENTS:
-        lines.append(f"| AUROC {n} (own score) | {ev['auroc_' + n]:.3f} |")
-    lines += [f"| clean teachers flagged at default threshold | {ev['clean_flagged']} |",
+        used = ev["auroc_" + n + "_used"]
+        lines.append(f"| AUROC {n.removeprefix('backdoor_')} (own score / as fused: z, 0 when explained by an NTL trap) | "
+                     f"{ev['auroc_' + n + '_raw']:.3f} / {'not fused' if used != used else f'{used:.3f}'} |")
+    lines += [f"| clean runs flagged at default threshold | {ev['clean_flagged']} / {ev['n_clean_runs']} "
+              f"(clean fused z: mean {ev['clean_mean']:.2f}, max {ev['clean_max']:.2f}) |",
               f"| NTL/clean (negatives) flagged | {ev['neg_flagged']} / {ev['n_neg']} |",
               f"| backdoored flagged | {ev['pos_flagged']} / {ev['n_pos']} |",
               f"| suspected target right (backdoored) | {ev['target_right']} / {ev['n_pos']} |",
-              f"| median seconds per teacher (fused probe incl. synthesis) | {ev['seconds_median']:.1f} |", "",
-              "| teacher | kind | trigger | target | fused z | suspected | margin | inversion | shuffle | consensus | s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              f"| median seconds per teacher (fused probe incl. synthesis, without the NTL probe) | "
+              f"{ev['seconds_median']:.1f} |", "",
+              "Per teacher (seed 0): component scores as fused (z-scored against the clean runs; `lead` = the "
+              "component with the largest z).", "",
+              "| teacher | kind | trigger | target | fused z | suspected | lead | margin | inversion | consensus | pull "
+              "| NTL trap class (left out) | shuffle (not fused) | s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ev["per_teacher"]:
         lines.append(f"| {r['name']} | {r['kind']} | {r['trigger'] or ''} | {r['target'] if r['target'] is not None else ''} "
-                     f"| {r['fused']} | {r['suspected']} | {r.get('margin')} | {r.get('inversion')} | "
-                     f"{r.get('shuffle')} | {r.get('consensus')} | {r['seconds']} |")
+                     f"| {r['fused']} | {r['suspected']} | {r['lead'] or ''} | {r.get('margin')} | {r.get('inversion')} | "
+                     f"{r.get('consensus')} | {r.get('pull')} | {','.join(map(str, r['traps']))} | {r.get('shuffle')} | "
+                     f"{r['seconds']} |")
+    if ev.get("onnx"):
+        lines += ["", "BN-folded ONNX exports (`torch.onnx.export`, constant folding; not in the AUROC above), scored "
+                  "with the same calibration:", "",
+                  "| export | kind | target | fused z | suspected | flagged | PyTorch original: fused z / suspected |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in ev["onnx"]:
+            lines.append(f"| {r['name']} | {r['kind']} | {r['target'] if r['target'] is not None else ''} | {r['fused']} "
+                         f"| {r['suspected']} | {'yes' if r['flagged'] else 'no'} | {r['orig_fused']} / {r['orig_suspected']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -250,27 +349,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--onnx", action="store_true", help="also score BN-folded ONNX exports of the zoo teachers")
     ap.add_argument("--onnx-dir", default="", help="where the ONNX exports go (default <zoo>/onnx)")
+    ap.add_argument("--onnx-existing", action="store_true", help="with --onnx: score only the exports already there")
     ap.add_argument("--notes", default="", help="Markdown file appended to the docs section (the reading)")
     ap.add_argument("--cached-only", action="store_true", help="evaluate cached scores only; score nothing new")
     ap.add_argument("--cache", default="backdoor_scores.json", help="score cache file name inside the zoo dir")
     ap.add_argument("--extra-cache", action="append", default=[], help="more cache files to read (parallel runs)")
+    ap.add_argument("--ntl-cache", default="ntl_features.json",
+                    help="cache of the NTL probe's features (file name inside the zoo dir, or a path)")
+    ap.add_argument("--no-ntl", action="store_true", help="fuse without the NTL probe's features (pull, trap classes)")
+    ap.add_argument("--clean-seeds", default="0,1",
+                    help="probe seeds run on CLEAN teachers (calibration spread); others run seed 0 only")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     zoo = Path(args.zoo)
-    cfg = bench_config()
-    key = config_key(cfg) + ":" + args.preset
+    from teacher_audit.atomic import atomic_write_text
+
     cache_path = zoo / args.cache
     cache: dict[str, Any] = {}
     for name in [args.cache, *args.extra_cache]:
         if (zoo / name).exists():
             cache.update(json.loads((zoo / name).read_text()))
+    ntl_path = zoo / args.ntl_cache
+    ntl_cache: dict[str, Any] = json.loads(ntl_path.read_text()) if ntl_path.exists() else {}
+    clean_seeds = [int(v) for v in args.clean_seeds.split(",") if v.strip()] or [0]
     rows = []
     # clean teachers first: they set the calibration, so a partial run is still usable
     paths = sorted((p for p in zoo.glob("*.safetensors") if Path(str(p) + ".card.json").exists()),
                    key=lambda p: (not p.name.startswith("clean"), not p.name.startswith("ntl"), p.name))
     if args.onnx:
         onnx_dir = Path(args.onnx_dir) if args.onnx_dir else zoo / "onnx"
-        if args.cached_only:  # no new exports: only the ONNX files already there
+        if args.cached_only or args.onnx_existing:  # no new exports: only the ONNX files already there
             paths += sorted(onnx_dir.glob("*.onnx"))
         else:
             paths += [o for o in (export_onnx(p, onnx_dir) for p in paths if not args.only or args.only in p.name)
@@ -278,16 +386,28 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         if args.only and args.only not in path.name:
             continue
-        ck = file_sha(path) + ":" + key
-        if ck not in cache and args.cached_only:
-            continue
-        if ck not in cache:
-            print(f"scoring {path.name} ...", file=sys.stderr, flush=True)
-            cache[ck] = score_teacher(path, cfg, args.preset)
-            from teacher_audit.atomic import atomic_write_text
-
-            atomic_write_text(cache_path, json.dumps(cache, indent=1))
-        rows.append(with_consensus(cache[ck]))
+        sha = file_sha(path)
+        seeds = clean_seeds if path.name.startswith("clean") and path.suffix != ".onnx" else [0]
+        for seed in seeds:
+            cfg = bench_config()
+            cfg.seed = seed
+            ck = sha + ":" + config_key(cfg) + ":" + args.preset
+            nk = sha + ":" + ntl_key(seed)
+            if (ck not in cache or (not args.no_ntl and nk not in ntl_cache)) and args.cached_only:
+                continue
+            if ck not in cache:
+                print(f"scoring {path.name} (seed {seed}) ...", file=sys.stderr, flush=True)
+                cache[ck] = score_teacher(path, cfg, args.preset)
+                atomic_write_text(cache_path, json.dumps(cache, indent=1))
+            row = dict(cache[ck], seed=seed)
+            if not args.no_ntl:
+                if nk not in ntl_cache:
+                    print(f"NTL features {path.name} (seed {seed}) ...", file=sys.stderr, flush=True)
+                    ntl_cache[nk] = dict(score_ntl(path, seed), name=path.name)
+                    atomic_write_text(ntl_path, json.dumps(ntl_cache, indent=1))
+                n = ntl_cache[nk]
+                row["ntl"] = dict(n["details"], flagged=bool(n["flagged"]), use_pull=bool(row.get("has_batchnorm", True)))
+            rows.append(with_consensus(row))
     calib = calibrate(rows, args.margin) if args.calibrate else CALIBRATION
     if args.calibrate:
         write_calibration(calib)

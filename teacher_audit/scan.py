@@ -234,6 +234,29 @@ def _run_probes(teacher: Any, engine: Any, policy: Policy, options: ScanOptions,
     return results, disabled
 
 
+def _combine(results: list[ProbeResult], policy: Policy, options: ScanOptions) -> list[ProbeResult]:
+    """Second pass: a probe class with ``combine(result, others)`` re-reads the other probes' results of
+    this scan (e.g. the fused backdoor score takes the NTL probe's synthesis pull). No teacher passes;
+    a failing combine keeps the probe's own result."""
+    from teacher_audit.probes import PROBES
+
+    by_name = {r.probe: r for r in results}
+    out = []
+    for res in results:
+        cls = PROBES.get(res.probe) if res.probe in PROBES.names() else None
+        if cls is not None and hasattr(cls, "combine") and res.status == "ok":
+            try:
+                new = json_safe_result(cls(_configure(cls, res.probe, policy, options, None)).combine(res, by_name))
+                rule = policy.probe_rule(res.probe)
+                if rule.severity is not None and new.flagged:
+                    new = new.model_copy(update={"severity": rule.severity})
+                res = new.model_copy(update={"seed": res.seed}) if new.seed is None else new
+            except Exception:  # noqa: BLE001 - the probe's own result stands
+                pass
+        out.append(res)
+    return out
+
+
 def check_preset(options: ScanOptions) -> None:
     """Unknown engine preset -> UsageError before any file is opened (when the default engine is used)."""
     if options.engine_factory is not None:
@@ -344,6 +367,7 @@ def scan_file(path: str | os.PathLike[str], options: ScanOptions | None = None) 
     per_probe: dict[str, float] = {}
     t2 = time.monotonic()
     results, disabled = _run_probes(teacher, engine, policy, options, deadline, per_probe)
+    results = _combine(results, policy, options)
     probes_s = time.monotonic() - t2
 
     # 4. policy

@@ -99,3 +99,67 @@ def test_fused_probe_flags_backdoor_not_clean(pair):
     assert rb.details["consensus"]["score"] > rc.details["consensus"]["score"]
     assert set(rb.details["components"]) == {"backdoor_margin", "backdoor_inversion", "backdoor_shuffle"}
     assert rb.budget.teacher_passes > 0
+
+
+def _component_results(target: int) -> dict[str, ProbeResult]:
+    """Margin and inversion results with class ``target`` an outlier in both (no teacher needed)."""
+    margins = [10.0, 11.0, 9.5, 10.5, 10.2, 9.8, 10.1, 10.4, 9.9, 10.3]
+    norms = [0.10, 0.12, 0.09, 0.11, 0.10, 0.13, 0.10, 0.12, 0.11, 0.10]
+    margins[target], norms[target] = 40.0, 0.005
+    return {"backdoor_margin": ProbeResult(probe="backdoor_margin", threat="backdoor", score=8.0, target_class=target,
+                                           details={"margins": margins}),
+            "backdoor_inversion": ProbeResult(probe="backdoor_inversion", threat="backdoor", score=9.0,
+                                              target_class=target, details={"mask_norms": norms})}
+
+
+def _ntl(pull_class: int, share: float, flagged: bool, bimodal: bool, collapse_class: int | None) -> ProbeResult:
+    counts = [20] * 10
+    counts[pull_class] = int(share * 384)
+    return ProbeResult(probe="ntl_robustness", threat="ntl", score=0.5, flagged=flagged,
+                       details={"class_counts": counts, "pull_class": pull_class, "pull_share": share,
+                                "bimodal": bimodal, "collapse_class": collapse_class, "collapse_share": 0.95})
+
+
+def test_trap_classes_need_flag_robust_mode_and_collapse():
+    from teacher_audit.probes.backdoor_fused import ntl_details, trap_classes
+
+    assert trap_classes(ntl_details(_ntl(3, 0.8, True, True, 3))) == {3}
+    assert trap_classes(ntl_details(_ntl(3, 0.8, True, False, 3))) == set()   # fragile pull: a backdoor's
+    assert trap_classes(ntl_details(_ntl(3, 0.8, False, True, 3))) == set()   # NTL probe did not flag
+    assert trap_classes(None) == set()
+
+
+def test_combine_adds_pull_and_leaves_out_trap_class():
+    from teacher_audit.report.model import Budget
+
+    calib = {"components": {"backdoor_margin": {"mean": 2.0, "sd": 1.0}, "backdoor_inversion": {"mean": 1.5, "sd": 0.7},
+                            "consensus": {"mean": 4.5, "sd": 2.0}, "pull": {"mean": 0.1, "sd": 0.05}},
+             "threshold": 3.0}
+    probe = FusedBackdoorProbe(FusedConfig(calibration=calib))
+    own = probe.conclude(_component_results(3), Budget(), [])
+    assert own.flagged and own.target_class == 3 and own.details["pull"] is None
+    # fragile pull into the same class (backdoor-like): pull joins, verdict unchanged
+    bd = probe.combine(own, {"ntl_robustness": _ntl(3, 0.6, True, False, 3)})
+    assert bd.flagged and bd.target_class == 3 and bd.details["pull"]["target_class"] == 3
+    assert bd.details["trap_classes"] == [] and "pull" in bd.details["z"]
+    # robust trap in class 3 (NTL-like): class 3 is neutralised in every component
+    ntl = probe.combine(own, {"ntl_robustness": _ntl(3, 0.8, True, True, 3)})
+    assert ntl.details["trap_classes"] == [3]
+    assert ntl.score < own.score and not ntl.flagged
+    assert ntl.details["pull"]["target_class"] != 3
+    # nothing to combine with: unchanged
+    assert probe.combine(own, {}) is own
+
+
+def test_scan_second_pass_refuses_backdoor_with_ntl():
+    """scan's second pass hands the NTL probe's result to the fused backdoor probe (no teacher needed)."""
+    from teacher_audit.policy import load_policy
+    from teacher_audit.report.model import Budget
+    from teacher_audit.scan import ScanOptions, _combine
+
+    own = FusedBackdoorProbe().conclude(_component_results(3), Budget(), [])
+    ntl = _ntl(3, 0.8, True, True, 3)
+    out = _combine([own, ntl], load_policy(None), ScanOptions())
+    assert out[1] is ntl
+    assert out[0].details["trap_classes"] == [3] and out[0].details["ntl_used"]
+    assert out[0].score < own.score

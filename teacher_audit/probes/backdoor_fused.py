@@ -4,16 +4,17 @@ Runs the component probes on one shared budget — max-margin (MM-BD, Wang et al
 inversion on synthetic samples (Neural Cleanse style) and shuffle agreement (ABD suspect model,
 Hong et al. ICML 2023) — and fuses their scores.
 
-Fusion (documented in docs/backdoor.md): every component score s_i — plus the per-class
-``consensus`` of margin and inversion (:func:`consensus`) — is standardised against the
-clean calibration teachers, z_i = (s_i - mu_i) / sd_i (mu, sd = mean and standard deviation of s_i
-over the clean zoo teachers, sd floored), and the fused score is max_i z_i. The suspected target
-class is the target of the component with the largest z (ties: majority vote). The default
-threshold is the largest fused score of any clean calibration teacher plus a margin
-(``CALIBRATION["margin"]``). The calibration set is small (the zoo's clean and NTL teachers), so the
+Fusion (documented in docs/backdoor.md): every component score s_i — the run components, the
+per-class ``consensus`` of margin and inversion (:func:`consensus`) and, when ``scan`` also ran the
+NTL probe, the synthesis ``pull`` read from its features (:func:`pull_result`, via :meth:`combine`) —
+is standardised against the clean calibration runs, z_i = (s_i - mu_i) / sd_i, and the fused score is
+max_i z_i. A component whose target is an NTL *trap class* (:func:`trap_classes`: the NTL probe found a
+robust mode collapsing into it) is explained by the trap and contributes z = 0. The suspected target
+is a z-weighted vote of the components plus the NTL probe's robust-tail class (:func:`tail_class`).
+The default threshold is the largest fused score of the clean calibration runs plus a margin
+(``CALIBRATION["margin"]``). The calibration set is small (the zoo's clean teachers x 2 seeds), so the
 threshold is a measured operating point, not a guaranteed false-positive rate; re-calibrate with
-``python benchmarks/run.py --suite backdoor`` (``benchmarks/suite_backdoor.py --calibrate``) on a
-larger set of clean teachers of your own.
+``benchmarks/suite_backdoor.py --calibrate`` on a larger set of clean teachers of your own.
 
 Threat assumption: all-to-one backdoor; any architecture; no data; no BN prior.
 
@@ -31,7 +32,6 @@ details with every component's score, z, target and summary, and the components'
 from __future__ import annotations
 
 import copy
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,22 +53,27 @@ from teacher_audit.teacher import Teacher
 CALIBRATION: dict[str, Any] = {
     "components": {
         "backdoor_margin": {
-            "mean": 1.9272,
-            "sd": 0.6578
+            "mean": 1.6325,
+            "sd": 0.5107
         },
         "backdoor_inversion": {
-            "mean": 1.5297,
-            "sd": 0.681
+            "mean": 1.6415,
+            "sd": 0.742
         },
         "consensus": {
-            "mean": 4.5183,
-            "sd": 2.1678
+            "mean": 4.1086,
+            "sd": 1.7099
+        },
+        "pull": {
+            "mean": 0.1073,
+            "sd": 0.0345
         }
     },
-    "threshold": 2.5416,
+    "threshold": 3.3279,
     "margin": 0.5,
-    "n_clean": 7,
-    "source": "benchmarks/suite_backdoor.py --calibrate on 7 clean zoo teachers, 2026-11-22"
+    "n_clean": 6,
+    "n_clean_runs": 12,
+    "source": "benchmarks/suite_backdoor.py --calibrate on 6 clean zoo teachers x 2 probe seeds, 2026-11-22"
 }
 
 _COMPONENTS = {"backdoor_margin": MarginProbe, "backdoor_inversion": InversionProbe,
@@ -97,6 +102,61 @@ def _class_z(values: np.ndarray, min_mad: float) -> np.ndarray:
     return (values - med) / mad
 
 
+# --- evidence from the NTL probe (scan runs it anyway; no extra teacher passes) -------------------------
+
+NTL_PROBE = "ntl_robustness"
+
+
+def trap_classes(ntl: dict[str, Any] | None, min_collapse: float = 0.5) -> set[int]:
+    """Classes the NTL probe attributes to a robust OOD trap, from its result details.
+
+    A class is a trap class when the NTL probe flagged the teacher AND found a robust mode (bimodal
+    flip-radius profile above its absolute floor) that collapses into this class (share of the robust
+    mode >= ``min_collapse``). ATEsc: an NTL teacher is markedly more robust on its trap domain; the
+    synthetic samples a backdoor trigger pulls are as fragile as the rest (all 14 backdoored zoo
+    teachers: no robust mode). Backdoor evidence pointing at a trap class is explained by the trap and
+    reported by the NTL probe instead (see docs/backdoor.md, "NTL teachers").
+    """
+    if not ntl or not ntl.get("flagged") or not ntl.get("bimodal"):
+        return set()
+    c = ntl.get("collapse_class")
+    if c is None or float(ntl.get("collapse_share") or 0.0) < min_collapse:
+        return set()
+    return {int(c)}
+
+
+def pull_result(ntl: dict[str, Any] | None, traps: set[int]) -> ProbeResult | None:
+    """Synthesis pull as a backdoor component: excess share of synthetic samples in one class.
+
+    ``(share - 1/K) / (1 - 1/K)`` of the class the NTL probe's synthesis collapses to (median over
+    synthesis batches); when that class is a trap class, the largest non-trap class share (pooled).
+    """
+    if not ntl or "class_counts" not in ntl or not ntl.get("use_pull", True):
+        return None
+    counts = np.asarray(ntl["class_counts"], dtype=float)
+    k = counts.size
+    if k < 2 or counts.sum() <= 0:
+        return None
+    c = int(ntl.get("pull_class", int(counts.argmax())))
+    share = float(ntl.get("pull_share", counts[c] / counts.sum()))
+    if c in traps:
+        kept = counts.copy()
+        kept[list(traps)] = -1.0
+        c = int(kept.argmax())
+        share = float(counts[c] / counts.sum())
+    score = (share - 1.0 / k) / (1.0 - 1.0 / k)
+    return ProbeResult(probe="pull", threat="backdoor", score=float(score), target_class=c,
+                       summary=f"synthesis pulls {100 * share:.0f}% of the NTL probe's synthetic samples into class {c}",
+                       details={"share": share, "trap_classes": sorted(traps)})
+
+
+def explained(r: ProbeResult, traps: set[int]) -> ProbeResult:
+    """``r`` marked as explained by the NTL trap when its target class is a trap class."""
+    if r.target_class is None or int(r.target_class) not in traps:
+        return r
+    return r.model_copy(update={"details": dict(r.details or {}, explained_by_trap=True)})
+
+
 def consensus(results: dict[str, ProbeResult]) -> ProbeResult | None:
     """Per-class agreement of the margin and inversion components.
 
@@ -119,33 +179,98 @@ def consensus(results: dict[str, ProbeResult]) -> ProbeResult | None:
                        summary=f"class {tgt} is anomalous in both margin and trigger size (sum of z {total[tgt]:.1f})")
 
 
-def standardise(results: dict[str, ProbeResult], calib: dict[str, Any]) -> dict[str, float]:
-    """z-score of each component's raw score (and of the consensus) against the clean calibration statistics."""
+def derived(results: dict[str, ProbeResult], ntl: dict[str, Any] | None = None) -> dict[str, ProbeResult]:
+    """Every scored component: the run components, ``consensus`` and ``pull``; a component whose target
+    is an NTL trap class is marked ``explained_by_trap`` (it then adds no backdoor evidence)."""
+    traps = trap_classes(ntl)
+    everyone = dict(results)
+    cons = consensus(everyone)
+    if cons is not None:
+        everyone["consensus"] = cons
+    everyone = {n: explained(r, traps) for n, r in everyone.items()}
+    pull = pull_result(ntl, traps)
+    if pull is not None:
+        everyone["pull"] = pull
+    return everyone
+
+
+def standardise(results: dict[str, ProbeResult], calib: dict[str, Any],
+                ntl: dict[str, Any] | None = None) -> dict[str, float]:
+    """z-score of each calibrated component's raw score against the clean calibration statistics."""
     out = {}
-    cons = consensus(results)
-    items = list(results.items()) + ([("consensus", cons)] if cons is not None else [])
-    for name, r in items:
+    for name, r in derived(results, ntl).items():
         if name not in calib["components"] or r.status != "ok" or r.score is None:
             continue
-        c = calib["components"].get(name, {"mean": 0.0, "sd": 1.0})
-        out[name] = (float(r.score) - float(c["mean"])) / max(float(c["sd"]), 1e-3)
+        c = calib["components"][name]
+        explained_ = bool((r.details or {}).get("explained_by_trap"))
+        out[name] = 0.0 if explained_ else (float(r.score) - float(c["mean"])) / max(float(c["sd"]), 1e-3)
     return out
 
 
-def fuse(results: dict[str, ProbeResult], calib: dict[str, Any]) -> tuple[float, int | None, dict[str, float]]:
-    """Fused score (max z), suspected target class and the per-component z."""
-    z = standardise(results, calib)
+def tail_class(ntl: dict[str, Any] | None, min_collapse: float = 0.5) -> int | None:
+    """The class the NTL probe's relatively most robust synthetic samples collapse into, when that is not a
+    robust trap (no bimodal mode) and at least ``min_collapse`` of the tail is in it; else None.
+
+    Trigger-carrying synthetic samples are a little more robust than the rest (the trigger dominates
+    the decision), so this tail collapses into the backdoor target (measured: 12 of 14 backdoored zoo
+    teachers; wrong on both clean-label ones).
+    """
+    if not ntl or ntl.get("bimodal") or ntl.get("collapse_class") is None or not ntl.get("use_pull", True):
+        return None
+    if float(ntl.get("collapse_share") or 0.0) < min_collapse:
+        return None
+    return int(ntl["collapse_class"])
+
+
+def fuse(results: dict[str, ProbeResult], calib: dict[str, Any],
+         ntl: dict[str, Any] | None = None) -> tuple[float, int | None, dict[str, float]]:
+    """Fused score (max z), suspected target class and the per-component z.
+
+    ``ntl``: the NTL probe's result details plus ``flagged`` (None when it did not run): adds the
+    ``pull`` component, marks components pointing at a trap class as explained (:func:`trap_classes`)
+    and adds the robust-tail class vote (:func:`tail_class`).
+
+    Target: every component not explained by a trap votes for its class with weight max(z, 0); the
+    robust-tail class votes with weight 2 x the calibrated threshold (a component has to be more than
+    twice as far over the threshold to overrule it). Ties/no votes: the class of the largest z.
+    """
+    z = standardise(results, calib, ntl)
     if not z:
         return float("nan"), None, z
-    cons = consensus(results)
-    everyone = dict(results, **({"consensus": cons} if cons is not None else {}))
+    everyone = derived(results, ntl)
     best = max(z, key=z.get)
-    votes = Counter(everyone[n].target_class for n in z if everyone[n].target_class is not None)
+    weight: dict[int, float] = {}
+    for n, v in z.items():
+        r = everyone[n]
+        if r.target_class is not None and not (r.details or {}).get("explained_by_trap"):
+            weight[int(r.target_class)] = weight.get(int(r.target_class), 0.0) + max(v, 0.0)
+    tail = tail_class(ntl)
+    if tail is not None and tail not in trap_classes(ntl):
+        weight[tail] = weight.get(tail, 0.0) + 2.0 * float(calib.get("threshold", 0.0))
     tgt = everyone[best].target_class
-    top, count = votes.most_common(1)[0] if votes else (None, 0)
-    if count >= 2 and z[best] < 2 * max(z[n] for n in z if everyone[n].target_class == top):
-        tgt = top
+    if weight and max(weight.values()) > 0:
+        tgt = max(weight, key=weight.get)
     return float(z[best]), tgt, z
+
+
+def ntl_details(result: ProbeResult | None, bn_prior: bool = True) -> dict[str, Any] | None:
+    """The NTL probe's features as :func:`fuse` takes them (None unless it ran and scored).
+
+    ``bn_prior``: whether synthesis had the teacher's BatchNorm prior. Without it (BN-folded ONNX
+    exports) the synthesis pull lands in the naturally dominant class, not the backdoor target
+    (measured on the zoo's BN-folded exports), so the pull and the tail-class vote are left out
+    (``use_pull`` False); the trap classes (a robustness property) are still used.
+    """
+    if result is None or result.status != "ok" or not isinstance(result.details, dict):
+        return None
+    return dict(result.details, flagged=bool(result.flagged), use_pull=bool(bn_prior))
+
+
+def has_bn_prior(teacher: Teacher, engine: Any = None) -> bool:
+    """True when synthesis can use BatchNorm statistics (the engine says so, else BN modules exist)."""
+    if engine is not None and hasattr(engine, "bn_prior_available"):
+        return bool(engine.bn_prior_available)
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in teacher.model.modules())
 
 
 @PROBES.register("backdoor", threat="backdoor", default=True)
@@ -158,8 +283,6 @@ class FusedBackdoorProbe(Probe):
 
     def run(self, teacher: Teacher, engine: Any = None) -> ProbeResult:
         cfg: FusedConfig = self.config
-        calib = cfg.calibration or CALIBRATION
-        thr = cfg.threshold if cfg.threshold is not None else float(calib["threshold"])
         clock = Clock(None)
         need_samples = any(c in cfg.components for c in ("backdoor_inversion", "backdoor_shuffle"))
         x, source = (synthetic_samples(teacher, engine, cfg.samples, cfg.synth_steps, cfg.seed, clock)
@@ -179,14 +302,25 @@ class FusedBackdoorProbe(Probe):
                     probe.run(teacher, engine, samples=x)
             except (RuntimeError, ValueError) as e:  # one failing component must not hide the others
                 results[name] = ProbeResult(probe=name, threat="backdoor", status="error", summary=str(e)[:200])
-        score, tgt, z = fuse(results, calib)
         ok = [r for r in results.values() if r.status == "ok"]
         passes = clock.passes + sum(r.budget.teacher_passes for r in ok)
         budget = Budget(teacher_passes=passes, seconds=clock.seconds)
+        return self.conclude(results, budget, [e for r in ok for e in r.evidence],
+                             {"sample_source": source, "synthesis_bn_prior": has_bn_prior(teacher, engine)})
+
+    def conclude(self, results: dict[str, ProbeResult], budget: Budget, evidence: list[Any],
+                 extra: dict[str, Any] | None = None, ntl: ProbeResult | None = None) -> ProbeResult:
+        """Fuse the component results (and the NTL probe's features when given) into the probe's result."""
+        cfg: FusedConfig = self.config
+        calib = cfg.calibration or CALIBRATION
+        thr = cfg.threshold if cfg.threshold is not None else float(calib["threshold"])
+        nd = ntl_details(ntl, bool((extra or {}).get("synthesis_bn_prior", True)))
+        score, tgt, z = fuse(results, calib, nd)
         if not z:
             return ProbeResult(probe=self.name, threat="backdoor", status="error", budget=budget, seed=cfg.seed,
                                summary="no backdoor component produced a score",
                                details={n: r.summary for n, r in results.items()})
+        everyone = derived(results, nd)
         flagged = score > thr
         own = [n for n, r in results.items() if r.flagged]
         if flagged:
@@ -194,11 +328,14 @@ class FusedBackdoorProbe(Probe):
         else:
             sev = Severity.LOW if own else Severity.INFO
         lead = max(z, key=z.get)
-        cons = consensus(results)
-        lead_summary = cons.summary if lead == "consensus" and cons is not None else results[lead].summary
+        traps = sorted(trap_classes(nd))
         summary = (f"backdoor suspected, target class {tgt} (fused z {score:.1f} > {thr:.1f}; strongest signal: "
-                   f"{lead_summary})" if flagged else
+                   f"{everyone[lead].summary})" if flagged else
                    f"no backdoor signal above threshold (fused z {score:.1f} <= {thr:.1f})")
+        if traps:
+            summary += (f"; class {', '.join(map(str, traps))} left out: the NTL probe attributes it to a robust "
+                        "OOD trap (see the NTL finding)")
+        cons, pull = everyone.get("consensus"), everyone.get("pull")
         return ProbeResult(
             probe=self.name, threat="backdoor", score=score, threshold=thr, flagged=flagged, severity=sev,
             target_class=tgt if flagged else None, summary=summary,
@@ -207,8 +344,31 @@ class FusedBackdoorProbe(Probe):
                                         "summary": r.summary, "details": r.details,
                                         "seconds": r.budget.seconds} for n, r in results.items()},
                      "consensus": None if cons is None else {"score": cons.score, "target_class": cons.target_class},
-                     "z": z, "suspected_target_any": tgt, "sample_source": source,
+                     "pull": None if pull is None else {"score": pull.score, "target_class": pull.target_class,
+                                                        **pull.details},
+                     "trap_classes": traps, "ntl_used": nd is not None,
+                     "z": z, "suspected_target_any": tgt, **(extra or {}),
                      "calibration": {"source": calib.get("source"), "n_clean": calib.get("n_clean")}},
-            evidence=[e for r in ok for e in r.evidence],
-            budget=budget, seed=cfg.seed,
+            evidence=evidence, budget=budget, seed=cfg.seed,
         )
+
+    def combine(self, result: ProbeResult, others: dict[str, ProbeResult]) -> ProbeResult:
+        """Re-fuse ``result`` (this probe's own output) with the other probes' results of the same scan.
+
+        ``scan`` calls this after every probe ran: the NTL probe's features (synthesis pull, robust trap
+        classes) enter the fused score at no extra cost. Returns ``result`` unchanged when there is
+        nothing to add or ``result`` is not a scored fused result.
+        """
+        ntl = others.get(NTL_PROBE)
+        comps = result.details.get("components") if isinstance(result.details, dict) else None
+        if ntl is None or ntl.status != "ok" or result.status != "ok" or not comps:
+            return result
+        results = {n: ProbeResult(probe=n, threat="backdoor", status=c.get("status") or "error", score=c.get("score"),
+                                  target_class=c.get("target_class"), flagged=bool(c.get("flagged")),
+                                  summary=c.get("summary") or "", details=c.get("details") or {},
+                                  budget=Budget(seconds=float(c.get("seconds") or 0.0)))
+                   for n, c in comps.items()}
+        extra = {k: v for k, v in result.details.items()
+                 if k not in ("components", "consensus", "pull", "trap_classes", "ntl_used", "z",
+                              "suspected_target_any", "calibration")}
+        return self.conclude(results, result.budget, list(result.evidence), extra, ntl=ntl)
