@@ -260,11 +260,33 @@ def write_detect(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     write_section("NTL detection", body)
 
 
+def defense_runs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
+    """``--defenses`` items as ``(label, defense, options)``: ``none``, ``atesc`` (options from
+    ``--atesc-options``) or ``label=defense:k=v;k=v`` for an ablation (e.g.
+    ``balanced_only=atesc:min_separation=1e9`` -- ATEsc's KD weighting without any robust group)."""
+    runs = []
+    for item in filter(None, args.defenses.split(",")):
+        label, _, rest = item.partition("=")
+        if not rest:
+            opts = parse_options(args.atesc_options) if label == "atesc" else {}
+            runs.append((label, label, opts))
+            continue
+        defense, _, text = rest.partition(":")
+        opts = parse_options(args.atesc_options) if defense == "atesc" else {}
+        opts.update(parse_options(text.replace(";", ",")))
+        runs.append((label, defense, opts))
+    return runs
+
+
 def suite_defense(args: argparse.Namespace) -> None:
     from teacher_audit.data import load_dataset
     from teacher_audit.defenses import DEFENSES
     from teacher_audit.synth import PRESETS, Engine
 
+    if args.merge:
+        rows = merge_rows("defense")
+        write_defense(rows, args)
+        return
     names = args.teachers.split(",") if args.teachers else [n for n in zoo_names()
                                                              if kind_of(load(n)[1]) in ("clean", "ntl_target", "ntl_watermark")]
     rows = []
@@ -288,57 +310,92 @@ def suite_defense(args: argparse.Namespace) -> None:
 
         row: dict[str, Any] = {"teacher": name, "kind": kind_of(card), "teacher_id": acc(teacher.model, data.x),
                                "teacher_ood": acc(teacher.model, xo) if xo is not None else None}
-        for defense in args.defenses.split(","):
+        for label, defense, opts in defense_runs(args):
             torch.manual_seed(0)
             engine = Engine(teacher, PRESETS.get(args.preset)(), device="cpu", seed=0)
-            opts = parse_options(args.atesc_options) if defense == "atesc" else {}
             hooks = DEFENSES.get(defense)(teacher, engine, **opts)
             t0 = time.perf_counter()
             res = engine.run(budget_passes=args.budget, hooks=hooks, progress=False)
             s = res.student
-            row[f"{defense}_passes"] = int(engine.passes) + int(getattr(hooks[0], "pgd_passes", 0) if hooks and
-                                                                not opts.get("charge_passes", True) else 0)
-            row[f"{defense}_iterations"] = int(engine.iteration)
-            row[f"{defense}_id"] = acc(s, data.x)
-            row[f"{defense}_ood"] = acc(s, xo) if xo is not None else None
-            row[f"{defense}_agree_ood"] = agree_ood(s)
-            row[f"{defense}_seconds"] = time.perf_counter() - t0
+            row[f"{label}_options"] = opts
+            row[f"{label}_passes"] = int(engine.passes) + int(getattr(hooks[0], "pgd_passes", 0) if hooks and
+                                                              not opts.get("charge_passes", True) else 0)
+            row[f"{label}_iterations"] = int(engine.iteration)
+            row[f"{label}_id"] = acc(s, data.x)
+            row[f"{label}_ood"] = acc(s, xo) if xo is not None else None
+            row[f"{label}_agree_ood"] = agree_ood(s)
+            row[f"{label}_seconds"] = time.perf_counter() - t0
             if defense == "atesc":
                 st = hooks[0].stats  # type: ignore[attr-defined]
-                row["atesc_robust_share"] = float(np.mean([x["robust_share"] for x in st])) if st else 0.0
+                row[f"{label}_robust_share"] = float(np.mean([x["robust_share"] for x in st])) if st else 0.0
         rows.append(row)
         print(row, flush=True)
         save_json("defense" + args.out, rows)
         write_defense(rows, args)  # after every teacher: a partial table survives an interrupted run
 
 
+def merge_rows(suite: str) -> list[dict[str, Any]]:
+    """Rows of every ``<suite>*.json`` in the results folder, merged per teacher (later files win)."""
+    by: dict[str, dict[str, Any]] = {}
+    for f in sorted(RESULTS.glob(f"{suite}*.json"), key=lambda p: p.stat().st_mtime):
+        for r in json.loads(f.read_text()):
+            by.setdefault(r["teacher"], {}).update(r)
+    order = {"ntl_target": 0, "ntl_watermark": 1, "clean": 2}
+    return sorted(by.values(), key=lambda r: (order.get(r["kind"], 3), r["teacher"]))
+
+
 def write_defense(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    """The ``## ATEsc defense`` section from the rows measured so far."""
+    """The ``## ATEsc defense`` section from the rows measured so far (plus an ablation table when
+    labelled variants were run)."""
 
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.1f}"
 
+    def goal(r: dict[str, Any]) -> str:
+        if r.get("none_id") is None or r.get("atesc_id") is None:
+            return "–"
+        if r["kind"] == "clean":
+            return "met" if r["atesc_id"] >= r["none_id"] - 0.01 else "not met"
+        a0, a1 = r.get("none_agree_ood"), r.get("atesc_agree_ood")
+        ok = r["atesc_id"] >= r["none_id"] + 0.03 and a0 is not None and a1 is not None and a1 <= a0 / 2
+        return "met" if ok else "not met"
+
     lines = ["| teacher | kind | teacher ID/OOD | DFKD student ID/OOD | DFKD agree w/ misleading OOD | "
-             "ATEsc student ID/OOD | ATEsc agree w/ misleading OOD | ATEsc robust share | ΔID (pts) | "
+             "ATEsc student ID/OOD | ATEsc agree w/ misleading OOD | ATEsc robust share | ΔID (pts) | goal | "
              "teacher passes DFKD / ATEsc | s DFKD / ATEsc |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        for k in ("none_id", "none_ood", "none_agree_ood", "atesc_id", "atesc_ood", "atesc_agree_ood",
-                  "none_passes", "atesc_passes", "none_seconds", "atesc_seconds"):
-            r.setdefault(k, None)
-        r.setdefault("atesc_robust_share", float("nan"))
-        d = "–" if r["none_id"] is None or r["atesc_id"] is None else f"{100 * (r['atesc_id'] - r['none_id']):+.1f}"
-        lines.append(f"| {r['teacher']} | {r['kind']} | {pct(r['teacher_id'])}/{pct(r['teacher_ood'])} | "
-                     f"{pct(r['none_id'])}/{pct(r['none_ood'])} | {pct(r['none_agree_ood'])} | "
-                     f"{pct(r['atesc_id'])}/{pct(r['atesc_ood'])} | {pct(r['atesc_agree_ood'])} | "
-                     f"{r['atesc_robust_share']:.2f} | {d} | {r['none_passes']} / {r['atesc_passes']} | "
-                     f"{r['none_seconds'] or 0:.0f} / {r['atesc_seconds'] or 0:.0f} |")
+        g = r.get
+        d = "–" if g("none_id") is None or g("atesc_id") is None else f"{100 * (r['atesc_id'] - r['none_id']):+.1f}"
+        share = g("atesc_robust_share")
+        lines.append(f"| {r['teacher']} | {r['kind']} | {pct(g('teacher_id'))}/{pct(g('teacher_ood'))} | "
+                     f"{pct(g('none_id'))}/{pct(g('none_ood'))} | {pct(g('none_agree_ood'))} | "
+                     f"{pct(g('atesc_id'))}/{pct(g('atesc_ood'))} | {pct(g('atesc_agree_ood'))} | "
+                     f"{'–' if share is None else f'{share:.2f}'} | {d} | {goal(r)} | "
+                     f"{g('none_passes')} / {g('atesc_passes')} | "
+                     f"{g('none_seconds') or 0:.0f} / {g('atesc_seconds') or 0:.0f} |")
+    opts = next((r["atesc_options"] for r in rows if r.get("atesc_options") is not None), None)
     body = (header(" ".join(["python benchmarks/suite_ntl.py"] + sys.argv[1:])) +
             f"\nPreset `{args.preset}`, budget {args.budget} teacher passes per run; ATEsc options "
-            f"`{args.atesc_options or 'defaults'}` (with `charge_passes=0` the budget is the same *synthesis* budget "
+            f"`{opts if opts is not None else (args.atesc_options or 'defaults')}` on top of the defaults "
+            "(with `charge_passes=0` the budget is the same *synthesis* budget "
             f"for both and ATEsc's PGD passes are added in the passes column), first {args.n} Fashion-MNIST test images; OOD = the NTL teacher's own "
             "domain; 'agree' = share of OOD images the teacher gets wrong on which the student copies the "
-            "teacher's wrong label.\n\n" + "\n".join(lines))
+            "teacher's wrong label. Goal: NTL teachers ΔID >= +3 points and agreement at most half of DFKD's; "
+            "clean teachers ΔID >= -1 point.\n\n" + "\n".join(lines))
+    labels = sorted({k[: -len("_id")] for r in rows for k in r if k.endswith("_id") and k != "teacher_id"}
+                    - {"none", "atesc"})
+    if labels:
+        ab = ["| teacher | " + " | ".join(f"{lab} ID/OOD | {lab} agree" for lab in labels) + " |",
+              "|---|" + "---|---|" * len(labels)]
+        for r in rows:
+            cells = [f"{pct(r.get(f'{lab}_id'))}/{pct(r.get(f'{lab}_ood'))} | {pct(r.get(f'{lab}_agree_ood'))}"
+                     for lab in labels]
+            ab.append(f"| {r['teacher']} | " + " | ".join(cells) + " |")
+        variants = {lab: next((r.get(f"{lab}_options") for r in rows if r.get(f"{lab}_options") is not None), {})
+                    for lab in labels}
+        body += ("\n\nAblations (same budget and seed; options on top of the ATEsc defaults): "
+                 + "; ".join(f"`{lab}` = `{v}`" for lab, v in variants.items()) + "\n\n" + "\n".join(ab))
     write_section("ATEsc defense", body)
 
 
@@ -380,8 +437,10 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse rows of an earlier detect run")
     ap.add_argument("--extra-zoo", action="append", default=[], help="another folder of zoo-built teachers")
     ap.add_argument("--out", default="", help="results file suffix (keeps runs apart)")
-    ap.add_argument("--merge", action="store_true", help="detect: tabulate all earlier detect*.json runs")
-    ap.add_argument("--defenses", default="none,atesc", help="defense: which defenses to run")
+    ap.add_argument("--merge", action="store_true",
+                    help="detect/defense: tabulate all earlier detect*.json / defense*.json runs")
+    ap.add_argument("--defenses", default="none,atesc",
+                    help="defense: runs, 'none', 'atesc' or 'label=defense:k=v;k=v' (ablations)")
     args = ap.parse_args()
     global RESULTS
     if args.zoo:

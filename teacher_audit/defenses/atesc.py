@@ -67,9 +67,33 @@ def _forget_neg_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: "ATEscCo
     return -kl.clamp(max=cfg.forget_cap).mean()
 
 
+@FORGET.register("uniform_other")
+def _forget_uniform_other(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: "ATEscConfig") -> torch.Tensor:
+    """KL(u || S) with ``u`` uniform over every class but the teacher's answer: "not that label, and
+    no preference among the rest" (stronger than ``uniform`` against the misleading label)."""
+    k = s_logits.shape[1]
+    logp = F.log_softmax(s_logits.float(), 1)
+    keep = torch.ones_like(logp).scatter(1, t_logits.argmax(1, keepdim=True), 0.0)
+    return (-(logp * keep).sum(1) / (k - 1) - math.log(k - 1)).mean()
+
+
 @FORGET.register("none")
 def _forget_none(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: "ATEscConfig") -> torch.Tensor:
     return s_logits.sum() * 0.0
+
+
+def _kd_per_sample(t_logits: torch.Tensor, s_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """Hinton KD per sample: ``KL(softmax(T/tau) || softmax(S/tau)) * tau^2``."""
+    return F.kl_div(F.log_softmax(s_logits.float() / tau, 1), F.softmax(t_logits.float() / tau, 1),
+                    reduction="none").sum(1) * tau * tau
+
+
+def class_balanced_weights(t_logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights (mean 1) that give every teacher-predicted class of the group the same total."""
+    y = t_logits.argmax(1)
+    counts = torch.bincount(y, minlength=t_logits.shape[1]).float()
+    w = 1.0 / counts[y]
+    return w * (w.numel() / w.sum())
 
 
 @dataclass
@@ -87,12 +111,15 @@ class ATEscConfig:
     lam: float = 1.0
     cache: bool = True
     charge_passes: bool = True
+    kd_weight: str = "balanced"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.measure not in ("kl", "flip"):
             raise UsageError(f"atesc: measure must be 'kl' or 'flip', got {self.measure!r}")
         FORGET.get(self.forget)
+        if self.kd_weight not in ("uniform", "balanced"):
+            raise UsageError(f"atesc: kd_weight must be 'uniform' or 'balanced', got {self.kd_weight!r}")
         if self.eps <= 0 or self.pgd_steps < 1 or self.lam < 0:
             raise UsageError("atesc: eps > 0, pgd_steps >= 1 and lam >= 0 are required")
 
@@ -164,7 +191,12 @@ class ATEscHook(Hook):
         s, t = ctx.s_logits, ctx.t_logits
         loss = s.sum() * 0.0
         if fragile.any():
-            loss = loss + ctx.engine.kd_loss(t[fragile], s[fragile]) * fragile.float().mean()
+            tf, sf = t[fragile], s[fragile]
+            if cfg.kd_weight == "balanced" and robust.any():
+                kd = (_kd_per_sample(tf, sf, ctx.engine.config.temperature) * class_balanced_weights(tf)).mean()
+            else:
+                kd = ctx.engine.kd_loss(tf, sf)
+            loss = loss + kd * fragile.float().mean()
         if robust.any():
             loss = loss + cfg.lam * FORGET.get(cfg.forget)(s[robust], t[robust], cfg) * robust.float().mean()
         self.stats.append({"step": float(ctx.step), "robust_share": sp.share,
