@@ -248,6 +248,17 @@ def evaluate(rows: list[dict[str, Any]], calib: dict[str, Any]) -> dict[str, Any
     out: dict[str, Any] = {"n_pos": len(pos), "n_neg": len(neg), "threshold": calib["threshold"],
                            "n_clean_runs": len(clean_runs)}
     out["auroc_fused"] = auroc([fz[id(r)][0] for r in pos], [fz[id(r)][0] for r in neg])
+    out["auroc_by_seed"] = {}
+    names = {r["name"] for r in main}
+    for seed in sorted({r.get("seed", 0) for r in rows} - {0}):
+        sr = [r for r in rows if r.get("seed", 0) == seed]
+        if {r["name"] for r in sr} == names:  # every teacher ran this seed
+            out["auroc_by_seed"][seed] = {
+                "auroc": auroc([fz[id(r)][0] for r in sr if r["kind"] in POSITIVE],
+                               [fz[id(r)][0] for r in sr if r["kind"] not in POSITIVE]),
+                "target_right": sum(fz[id(r)][1] == r["target"] for r in sr if r["kind"] in POSITIVE),
+                "pos_flagged": sum(fz[id(r)][0] > calib["threshold"] for r in sr if r["kind"] in POSITIVE),
+                "neg_flagged": sum(fz[id(r)][0] > calib["threshold"] for r in sr if r["kind"] not in POSITIVE)}
     for n in COMPONENTS:
         raw = [(r in pos, r["components"].get(n, {}).get("score")) for r in pos + neg]
         used = [(r in pos, fz[id(r)][2].get(n)) for r in pos + neg]  # z as fused (0 when explained by a trap)
@@ -296,6 +307,10 @@ def markdown(ev: dict[str, Any], cmd: str) -> str:
              "(in-sample: the same clean runs set the threshold and are counted below).", "",
              "| metric | value |", "|---|---|",
              f"| AUROC fused | {ev['auroc_fused']:.3f} |"]
+    for seed, v in ev.get("auroc_by_seed", {}).items():
+        lines.append(f"| AUROC fused, every teacher at probe seed {seed} (same calibration) | {v['auroc']:.3f} "
+                     f"(target right {v['target_right']}/{ev['n_pos']}, backdoored flagged {v['pos_flagged']}, "
+                     f"negatives flagged {v['neg_flagged']}) |")
     for n in COMPONENTS:
         used = ev["auroc_" + n + "_used"]
         lines.append(f"| AUROC {n.removeprefix('backdoor_')} (own score / as fused: z, 0 when explained by an NTL trap) | "
@@ -357,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ntl-cache", default="ntl_features.json",
                     help="cache of the NTL probe's features (file name inside the zoo dir, or a path)")
     ap.add_argument("--no-ntl", action="store_true", help="fuse without the NTL probe's features (pull, trap classes)")
+    ap.add_argument("--all-seeds", action="store_true",
+                    help="run every teacher (not only the clean ones) with all --clean-seeds: AUROC per seed")
     ap.add_argument("--clean-seeds", default="0,1",
                     help="probe seeds run on CLEAN teachers (calibration spread); others run seed 0 only")
     args = ap.parse_args(argv)
@@ -387,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and args.only not in path.name:
             continue
         sha = file_sha(path)
-        seeds = clean_seeds if path.name.startswith("clean") and path.suffix != ".onnx" else [0]
+        seeds = clean_seeds if (path.name.startswith("clean") or args.all_seeds) and path.suffix != ".onnx" else [0]
         for seed in seeds:
             cfg = bench_config()
             cfg.seed = seed

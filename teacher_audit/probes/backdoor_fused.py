@@ -107,17 +107,27 @@ def _class_z(values: np.ndarray, min_mad: float) -> np.ndarray:
 NTL_PROBE = "ntl_robustness"
 
 
+#: Smallest gap (decades of flip radius) between the two modes of the NTL probe's robustness mixture
+#: that counts as a robust trap without the probe's absolute floor: largest gap over the 12 clean
+#: calibration runs (0.65, LeNet-5 s1 seed 1) + 0.2 decades. Measured on v2 (2 seeds): robust NTL traps
+#: 0.93-1.19, backdoored teachers 0.45-0.73, ntl_grating s0 (no robust trap) 0.61-0.63.
+TRAP_GAP_DECADES = 0.85
+
+
 def trap_classes(ntl: dict[str, Any] | None, min_collapse: float = 0.5) -> set[int]:
     """Classes the NTL probe attributes to a robust OOD trap, from its result details.
 
-    A class is a trap class when the NTL probe flagged the teacher AND found a robust mode (bimodal
-    flip-radius profile above its absolute floor) that collapses into this class (share of the robust
-    mode >= ``min_collapse``). ATEsc: an NTL teacher is markedly more robust on its trap domain; the
-    synthetic samples a backdoor trigger pulls are as fragile as the rest (all 14 backdoored zoo
-    teachers: no robust mode). Backdoor evidence pointing at a trap class is explained by the trap and
-    reported by the NTL probe instead (see docs/backdoor.md, "NTL teachers").
+    A class is a trap class when the NTL probe flagged the teacher AND found a robust mode — bimodal
+    flip-radius profile above its absolute floor, or a two-mode mixture whose robust mode is at least
+    ``TRAP_GAP_DECADES`` more robust than the fragile one — AND that robust set collapses into this
+    class (share >= ``min_collapse``). ATEsc: an NTL teacher is markedly more robust on its trap
+    domain; the synthetic samples a backdoor trigger pulls are about as fragile as the rest (14
+    backdoored zoo teachers x 2 seeds: no robust mode, gap <= 0.73). Backdoor evidence pointing at a
+    trap class is explained by the trap and reported by the NTL probe instead (docs/backdoor.md).
     """
-    if not ntl or not ntl.get("flagged") or not ntl.get("bimodal"):
+    if not ntl or not ntl.get("flagged"):
+        return set()
+    if not ntl.get("bimodal") and float(ntl.get("mixture_gap_decades") or 0.0) < TRAP_GAP_DECADES:
         return set()
     c = ntl.get("collapse_class")
     if c is None or float(ntl.get("collapse_share") or 0.0) < min_collapse:
