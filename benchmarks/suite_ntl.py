@@ -354,10 +354,11 @@ def write_defense(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     def goal(r: dict[str, Any]) -> str:
         if r.get("none_id") is None or r.get("atesc_id") is None:
             return "–"
+        gain = round(100 * (r["atesc_id"] - r["none_id"]), 1)  # points, as printed
         if r["kind"] == "clean":
-            return "met" if r["atesc_id"] >= r["none_id"] - 0.01 else "not met"
+            return "met" if gain >= -1.0 else "not met"
         a0, a1 = r.get("none_agree_ood"), r.get("atesc_agree_ood")
-        ok = r["atesc_id"] >= r["none_id"] + 0.03 and a0 is not None and a1 is not None and a1 <= a0 / 2
+        ok = gain >= 3.0 and a0 is not None and a1 is not None and a1 <= a0 / 2
         return "met" if ok else "not met"
 
     lines = ["| teacher | kind | teacher ID/OOD | DFKD student ID/OOD | DFKD agree w/ misleading OOD | "
@@ -388,7 +389,7 @@ def write_defense(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     if labels:
         ab = ["| teacher | " + " | ".join(f"{lab} ID/OOD | {lab} agree" for lab in labels) + " |",
               "|---|" + "---|---|" * len(labels)]
-        for r in rows:
+        for r in (r for r in rows if any(r.get(f"{lab}_id") is not None for lab in labels)):
             cells = [f"{pct(r.get(f'{lab}_id'))}/{pct(r.get(f'{lab}_ood'))} | {pct(r.get(f'{lab}_agree_ood'))}"
                      for lab in labels]
             ab.append(f"| {r['teacher']} | " + " | ".join(cells) + " |")
@@ -396,6 +397,8 @@ def write_defense(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                     for lab in labels}
         body += ("\n\nAblations (same budget and seed; options on top of the ATEsc defaults): "
                  + "; ".join(f"`{lab}` = `{v}`" for lab, v in variants.items()) + "\n\n" + "\n".join(ab))
+    if getattr(args, "notes", ""):
+        body += "\n\n" + Path(args.notes).read_text().strip()
     write_section("ATEsc defense", body)
 
 
@@ -439,6 +442,7 @@ def main() -> None:
     ap.add_argument("--out", default="", help="results file suffix (keeps runs apart)")
     ap.add_argument("--merge", action="store_true",
                     help="detect/defense: tabulate all earlier detect*.json / defense*.json runs")
+    ap.add_argument("--notes", default="", help="defense: a Markdown file appended to the section (the reading)")
     ap.add_argument("--defenses", default="none,atesc",
                     help="defense: runs, 'none', 'atesc' or 'label=defense:k=v;k=v' (ablations)")
     args = ap.parse_args()

@@ -251,8 +251,9 @@ def _combine(results: list[ProbeResult], policy: Policy, options: ScanOptions) -
                 if rule.severity is not None and new.flagged:
                     new = new.model_copy(update={"severity": rule.severity})
                 res = new.model_copy(update={"seed": res.seed}) if new.seed is None else new
-            except Exception:  # noqa: BLE001 - the probe's own result stands
-                pass
+            except Exception as exc:  # noqa: BLE001 - the probe's own result stands, and says so
+                details = {**res.details, "combine_error": f"{type(exc).__name__}: {exc}"}
+                res = res.model_copy(update={"details": details})
         out.append(res)
     return out
 

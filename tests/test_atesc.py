@@ -95,7 +95,7 @@ def test_class_balanced_weights_give_every_class_the_same_total():
     assert torch.allclose(totals, totals[0].expand(3))
 
 
-def test_balanced_kd_reweights_the_fragile_group_only_when_a_trap_is_found():
+def test_balanced_kd_reweights_the_fragile_group_once_a_trap_is_seen():
     from teacher_audit.defenses.atesc import _kd_per_sample, class_balanced_weights
 
     _, engine = _engine()
@@ -107,9 +107,17 @@ def test_balanced_kd_reweights_the_fragile_group_only_when_a_trap_is_found():
     t, s = ctx.t_logits[fragile], ctx.s_logits[fragile]
     want = (_kd_per_sample(t, s, engine.config.temperature) * class_balanced_weights(t)).mean() * 0.75
     assert torch.allclose(loss, want, atol=1e-5)
-    # unimodal batch (no trap): plain KD, no reweighting
+    # after a trap was seen, a batch whose split finds no robust group is still reweighted
     ctx = _ctx(engine, _batch(128, 0, seed=1))
-    assert torch.allclose(hook.student_loss(ctx), engine.kd_loss(ctx.t_logits, ctx.s_logits))
+    t, s = ctx.t_logits, ctx.s_logits
+    want = (_kd_per_sample(t, s, engine.config.temperature) * class_balanced_weights(t)).mean()
+    assert torch.allclose(hook.student_loss(ctx), want, atol=1e-5)
+    # a teacher without a trap (unimodal batches only): plain KD, no reweighting
+    fresh = ATEscHook(ATEscConfig(kd_weight="balanced"))
+    for seed in (1, 2):
+        ctx = _ctx(engine, _batch(128, 0, seed=seed))
+        assert torch.allclose(fresh.student_loss(ctx), engine.kd_loss(ctx.t_logits, ctx.s_logits))
+    assert not fresh.trap_seen
 
 
 def test_uniform_other_forgetting_is_zero_at_its_target():

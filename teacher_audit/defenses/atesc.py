@@ -112,6 +112,8 @@ class ATEscConfig:
     cache: bool = True
     charge_passes: bool = True
     kd_weight: str = "balanced"
+    trap_window: int = 20
+    trap_share: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -180,6 +182,14 @@ class ATEscHook(Hook):
             engine.passes += int(passes)
         return score
 
+    @property
+    def trap_seen(self) -> bool:
+        """Whether recent student batches show a trap: mean robust share of the last ``trap_window``
+        batches (this one included) above ``trap_share``. One stray bimodal batch does not count, and a
+        batch whose split missed the robust mode is still treated as coming from a trapped teacher."""
+        recent = self.stats[-self.cfg.trap_window:]
+        return bool(recent) and sum(r["robust_share"] for r in recent) / len(recent) > self.cfg.trap_share
+
     def student_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "student" or ctx.s_logits is None:
             return None
@@ -187,20 +197,20 @@ class ATEscHook(Hook):
         score = self.scores(ctx.engine, ctx.x)
         sp = robust_split(score, method=cfg.split, min_separation=cfg.min_separation, min_gap=cfg.min_gap)
         robust = sp.robust.to(ctx.x.device)
+        self.stats.append({"step": float(ctx.step), "robust_share": sp.share,
+                           "threshold": sp.threshold if math.isfinite(sp.threshold) else float("nan")})
         fragile = ~robust
         s, t = ctx.s_logits, ctx.t_logits
         loss = s.sum() * 0.0
         if fragile.any():
             tf, sf = t[fragile], s[fragile]
-            if cfg.kd_weight == "balanced" and robust.any():
+            if cfg.kd_weight == "balanced" and self.trap_seen:
                 kd = (_kd_per_sample(tf, sf, ctx.engine.config.temperature) * class_balanced_weights(tf)).mean()
             else:
                 kd = ctx.engine.kd_loss(tf, sf)
             loss = loss + kd * fragile.float().mean()
         if robust.any():
             loss = loss + cfg.lam * FORGET.get(cfg.forget)(s[robust], t[robust], cfg) * robust.float().mean()
-        self.stats.append({"step": float(ctx.step), "robust_share": sp.share,
-                           "threshold": sp.threshold if math.isfinite(sp.threshold) else float("nan")})
         ctx.extra["atesc_robust_share"] = sp.share
         return loss
 
