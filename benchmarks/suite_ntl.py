@@ -311,8 +311,10 @@ def suite_defense(args: argparse.Namespace) -> None:
         row: dict[str, Any] = {"teacher": name, "kind": kind_of(card), "teacher_id": acc(teacher.model, data.x),
                                "teacher_ood": acc(teacher.model, xo) if xo is not None else None}
         for label, defense, opts in defense_runs(args):
-            torch.manual_seed(0)
-            engine = Engine(teacher, PRESETS.get(args.preset)(), device="cpu", seed=0)
+            seed = int(args.seeds.split(",")[0])  # defense: the engine seed (the first of --seeds)
+            row["seed"] = seed
+            torch.manual_seed(seed)
+            engine = Engine(teacher, PRESETS.get(args.preset)(), device="cpu", seed=seed)
             hooks = DEFENSES.get(defense)(teacher, engine, **opts)
             t0 = time.perf_counter()
             res = engine.run(budget_passes=args.budget, hooks=hooks, progress=False)
