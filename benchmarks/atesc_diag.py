@@ -3,7 +3,8 @@
 Every synthetic student batch is also labelled by the NTL teacher's *clean twin* (the clean zoo teacher
 it was fine-tuned from, ``ground_truth.recipe.warm_start``; analysis only, the defense never sees it).
 Modes: ``none`` (plain DFKD), ``atesc`` (ATEsc with ``k=v,...`` options; reports the split's share,
-precision and recall against "the twin disagrees"), ``oracle_drop`` (KD only where the twin agrees),
+precision and recall against "the twin disagrees"), ``atesc_cover`` (plus the experimental generator-side
+class-coverage term, option ``cover_weight``), ``oracle_drop`` (KD only where the twin agrees),
 ``oracle_forget`` (plus uniform forgetting where it disagrees). Prints and appends one JSON line.
 
 Usage: ``python benchmarks/atesc_diag.py TEACHER MODE BUDGET [k=v,...] [--zoo DIR] [--out FILE]``
@@ -80,6 +81,20 @@ class Diag(Hook):
                        rob_cls=torch.bincount(ctx.t_logits.argmax(1).cpu()[rob], minlength=10).tolist())
         self.log.append(rec)
 
+class Cover(Hook):
+    """Experimental generator-side escape (mode ``atesc_cover``): once ATEsc has seen a trap, add
+    ``weight * CE(T(G(z)), i mod K)`` -- labels assigned round-robin to the batch positions -- to the
+    generator loss, to force synthesis back into the classes the trap starves."""
+    def __init__(self, inner, weight):
+        self.inner, self.weight = inner, weight
+    def generator_loss(self, ctx):
+        if ctx.phase != "generator" or not self.inner.trap_seen:
+            return None
+        t = ctx.t_logits.float()
+        y = torch.arange(t.shape[0], device=t.device) % t.shape[1]
+        return self.weight * torch.nn.functional.cross_entropy(t, y)
+
+cover_weight = float(opts.pop("cover_weight", 1.0))
 torch.manual_seed(0)
 engine = Engine(teacher, PRESETS.get("fast")(), device="cpu", seed=0)
 hooks = []
@@ -88,6 +103,8 @@ if mode.startswith("atesc"):
     opts.setdefault("charge_passes", False)
     hooks = DEFENSES.get("atesc")(teacher, engine, **opts)
     inner = hooks[0]
+    if mode == "atesc_cover":
+        hooks.append(Cover(inner, cover_weight))
 diag = Diag(mode, inner)
 hooks = hooks + [diag]
 t0 = time.perf_counter()

@@ -161,3 +161,22 @@ def test_atesc_cache_attacks_each_image_once_and_can_leave_the_budget_alone():
     charged = ATEscHook(ATEscConfig())
     charged.scores(engine, x)
     assert engine.passes == before + charged.pgd_passes
+
+
+def test_cover_escape_acts_on_the_generator_only_once_a_trap_is_seen():
+    import torch.nn.functional as F
+
+    _, engine = _engine()
+    hook = ATEscHook(ATEscConfig(escape="cover", escape_weight=2.0))
+    x = _batch(24, 8)
+    gen_ctx = BatchContext(x=x, t_logits=engine.teacher_logits(x), s_logits=None, engine=engine, step=0,
+                           phase="generator")
+    assert hook.generator_loss(gen_ctx) is None  # no trap seen yet: plain DFKD generator
+    hook.student_loss(_ctx(engine, _batch(96, 32)))  # a bimodal student batch: trap seen
+    assert hook.trap_seen
+    loss = hook.generator_loss(gen_ctx)
+    want = 2.0 * F.cross_entropy(gen_ctx.t_logits, torch.arange(32) % 2)
+    assert loss is not None and torch.allclose(loss, want)
+    assert ATEscHook(ATEscConfig(escape="none")).generator_loss(gen_ctx) is None
+    with pytest.raises(UsageError):
+        ATEscConfig(escape="nope")

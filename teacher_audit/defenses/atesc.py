@@ -18,7 +18,14 @@ The paper's code is not public; every choice it leaves open is an option here (d
   ATEsc then reduces to plain KD -- never a fixed fraction;
 * forgetting: ``forget="uniform"`` (default: KL(uniform || S) on robust samples, pushes the student to
   "don't know"), ``"neg_kl"`` (bounded ``-min(KL(T || S), forget_cap)``: move away from the teacher),
-  ``"none"`` (drop robust samples from KD only);
+  ``"uniform_other"`` (uniform over every class but the teacher's answer), ``"none"`` (drop robust
+  samples from KD only);
+* ``kd_weight``: ``balanced`` (default; class-balanced KD on the fragile group once a trap is seen,
+  ``trap_window``/``trap_share``) or ``uniform`` (plain KD);
+* ``escape`` (our generator-side extension; the paper's ATEsc is student-side only): ``cover``
+  (default; once a trap is seen, ``escape_weight`` x cross-entropy of the teacher on the generator's
+  batch towards round-robin assigned labels, so synthesis returns to the classes the trap starves) or
+  ``none``;
 * ``lam`` = lambda, default 1 (the paper's best);
 * ``cache`` (default on): a sample's robustness score is computed once and remembered (keyed by a
   fixed random projection of its pixels). Replay presets (``fast``, ``cmi``) draw every student batch
@@ -82,6 +89,28 @@ def _forget_none(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: "ATEscConf
     return s_logits.sum() * 0.0
 
 
+ESCAPE: Registry[Any] = Registry("ATEsc generator-side escape")
+
+
+@ESCAPE.register("none")
+def _escape_none(ctx: BatchContext, hook: "ATEscHook") -> torch.Tensor | None:
+    return None
+
+
+@ESCAPE.register("cover")
+def _escape_cover(ctx: BatchContext, hook: "ATEscHook") -> torch.Tensor | None:
+    """Once a trap is seen (:attr:`ATEscHook.trap_seen`), make the generator cover every class:
+    ``escape_weight * CE(T(G(z)), i mod K)`` with labels assigned round-robin to the batch positions.
+    The trap starves whole ID classes of synthetic samples (measured: two classes below 0.3 % of the
+    pool) and no student-side split can teach what synthesis never produces. No extra teacher passes;
+    on a teacher without a trap the term is never added, so the run is plain DFKD."""
+    if not hook.trap_seen:
+        return None
+    t = ctx.t_logits.float()
+    y = torch.arange(t.shape[0], device=t.device) % t.shape[1]
+    return hook.cfg.escape_weight * F.cross_entropy(t, y)
+
+
 def _kd_per_sample(t_logits: torch.Tensor, s_logits: torch.Tensor, tau: float) -> torch.Tensor:
     """Hinton KD per sample: ``KL(softmax(T/tau) || softmax(S/tau)) * tau^2``."""
     return F.kl_div(F.log_softmax(s_logits.float() / tau, 1), F.softmax(t_logits.float() / tau, 1),
@@ -114,12 +143,15 @@ class ATEscConfig:
     kd_weight: str = "balanced"
     trap_window: int = 20
     trap_share: float = 0.05
+    escape: str = "cover"
+    escape_weight: float = 10.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.measure not in ("kl", "flip"):
             raise UsageError(f"atesc: measure must be 'kl' or 'flip', got {self.measure!r}")
         FORGET.get(self.forget)
+        ESCAPE.get(self.escape)
         if self.kd_weight not in ("uniform", "balanced"):
             raise UsageError(f"atesc: kd_weight must be 'uniform' or 'balanced', got {self.kd_weight!r}")
         if self.eps <= 0 or self.pgd_steps < 1 or self.lam < 0:
@@ -190,6 +222,11 @@ class ATEscHook(Hook):
         recent = self.stats[-self.cfg.trap_window:]
         return bool(recent) and sum(r["robust_share"] for r in recent) / len(recent) > self.cfg.trap_share
 
+    def generator_loss(self, ctx: BatchContext) -> torch.Tensor | None:
+        if ctx.phase != "generator":
+            return None
+        return ESCAPE.get(self.cfg.escape)(ctx, self)
+
     def student_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "student" or ctx.s_logits is None:
             return None
@@ -236,4 +273,4 @@ def atesc(teacher: Any, engine: Any, **options: Any) -> list[Hook]:
     return [ATEscHook(ATEscConfig(**options))]
 
 
-__all__ = ["ATEscConfig", "ATEscHook", "FORGET", "atesc", "asdict"]
+__all__ = ["ATEscConfig", "ATEscHook", "ESCAPE", "FORGET", "atesc", "asdict"]
