@@ -16,10 +16,10 @@ The paper's code is not public; every choice it leaves open is an option here (d
 * split: a rule learned from the batch (:func:`teacher_audit.attacks.split.robust_split`, ``split``
   ``gmm`` default, ``quantile``, ``otsu``); a unimodal batch (clean teacher) gives no robust group, so
   ATEsc then reduces to plain KD -- never a fixed fraction;
-* forgetting: ``forget="uniform"`` (default: KL(uniform || S) on robust samples, pushes the student to
-  "don't know"), ``"neg_kl"`` (bounded ``-min(KL(T || S), forget_cap)``: move away from the teacher),
-  ``"uniform_other"`` (uniform over every class but the teacher's answer), ``"none"`` (drop robust
-  samples from KD only);
+* forgetting: ``forget="uniform"`` (default: KL(uniform || S), "don't know"), ``"uniform_other"`` (KL(u || S)
+  with u uniform over every class but the teacher's answer: "not that label"; stronger against the trap,
+  but costs clean teachers up to 3 points), ``"neg_kl"`` (bounded ``-min(KL(T || S), forget_cap)``: move away from the teacher),
+  ``"none"`` (drop robust samples from KD only);
 * ``kd_weight``: ``balanced`` (default; class-balanced KD on the fragile group once a trap is seen,
   ``trap_window``/``trap_share``) or ``uniform`` (plain KD);
 * ``escape`` (our generator-side extension; the paper's ATEsc is student-side only): ``cover``
