@@ -3,8 +3,8 @@
 Every synthetic student batch is also labelled by the NTL teacher's *clean twin* (the clean zoo teacher
 it was fine-tuned from, ``ground_truth.recipe.warm_start``; analysis only, the defense never sees it).
 Modes: ``none`` (plain DFKD), ``atesc`` (ATEsc with ``k=v,...`` options; reports the split's share,
-precision and recall against "the twin disagrees"), ``atesc_cover`` (plus the experimental generator-side
-class-coverage term, option ``cover_weight``), ``oracle_drop`` (KD only where the twin agrees),
+precision and recall against "the twin disagrees"; e.g. ``escape=none`` or ``escape_weight=1`` for the
+generator-side escape variants), ``oracle_drop`` (KD only where the twin agrees),
 ``oracle_forget`` (plus uniform forgetting where it disagrees). Prints and appends one JSON line.
 
 Usage: ``python benchmarks/atesc_diag.py TEACHER MODE BUDGET [k=v,...] [--zoo DIR] [--out FILE]``
@@ -45,6 +45,7 @@ teacher, card = S.load(name)
 gt = card["ground_truth"]
 twin, _ = S.load(gt["recipe"]["warm_start"])
 desc = gt.get("ood")
+K = int(teacher.spec.num_classes)
 data = load_dataset("fashion-mnist", "test", spec=teacher.spec, limit=1000)
 xo = S.ood_transform(desc)(data.x) if desc else None
 
@@ -69,7 +70,7 @@ class Diag(Hook):
         if ctx.phase != "student":
             return
         rec = {"agree": float(self._agree.float().mean()),
-               "tcls": torch.bincount(ctx.t_logits.argmax(1), minlength=10).tolist()}
+               "tcls": torch.bincount(ctx.t_logits.argmax(1), minlength=K).tolist()}
         if self.inner is not None and self.inner.stats:
             sc = self.inner.scores(ctx.engine, ctx.x)
             rob = robust_split(sc, method=self.inner.cfg.split, min_separation=self.inner.cfg.min_separation,
@@ -78,23 +79,9 @@ class Diag(Hook):
             rec.update(robust=float(rob.float().mean()),
                        prec=float((rob & dis).sum() / max(1, rob.sum())),
                        rec=float((rob & dis).sum() / max(1, dis.sum())),
-                       rob_cls=torch.bincount(ctx.t_logits.argmax(1).cpu()[rob], minlength=10).tolist())
+                       rob_cls=torch.bincount(ctx.t_logits.argmax(1).cpu()[rob], minlength=K).tolist())
         self.log.append(rec)
 
-class Cover(Hook):
-    """Experimental generator-side escape (mode ``atesc_cover``): once ATEsc has seen a trap, add
-    ``weight * CE(T(G(z)), i mod K)`` -- labels assigned round-robin to the batch positions -- to the
-    generator loss, to force synthesis back into the classes the trap starves."""
-    def __init__(self, inner, weight):
-        self.inner, self.weight = inner, weight
-    def generator_loss(self, ctx):
-        if ctx.phase != "generator" or not self.inner.trap_seen:
-            return None
-        t = ctx.t_logits.float()
-        y = torch.arange(t.shape[0], device=t.device) % t.shape[1]
-        return self.weight * torch.nn.functional.cross_entropy(t, y)
-
-cover_weight = float(opts.pop("cover_weight", 1.0))
 torch.manual_seed(0)
 engine = Engine(teacher, PRESETS.get("fast")(), device="cpu", seed=0)
 hooks = []
@@ -103,8 +90,6 @@ if mode.startswith("atesc"):
     opts.setdefault("charge_passes", False)
     hooks = DEFENSES.get("atesc")(teacher, engine, **opts)
     inner = hooks[0]
-    if mode == "atesc_cover":
-        hooks.append(Cover(inner, cover_weight))
 diag = Diag(mode, inner)
 hooks = hooks + [diag]
 t0 = time.perf_counter()

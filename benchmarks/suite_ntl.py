@@ -261,17 +261,13 @@ def write_detect(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def defense_runs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
-    """``--defenses`` items as ``(label, defense, options)``: ``none``, ``atesc`` (options from
-    ``--atesc-options``) or ``label=defense:k=v;k=v`` for an ablation (e.g.
-    ``balanced_only=atesc:min_separation=1e9`` -- ATEsc's KD weighting without any robust group)."""
+    """``--defenses`` items as ``(label, defense, options)``: ``none``, ``atesc`` or
+    ``label=defense:k=v;k=v`` for an ablation (e.g. ``no_escape=atesc:escape=none``). ATEsc runs start from
+    ``--atesc-options``; an item's own options go on top."""
     runs = []
     for item in filter(None, args.defenses.split(",")):
         label, _, rest = item.partition("=")
-        if not rest:
-            opts = parse_options(args.atesc_options) if label == "atesc" else {}
-            runs.append((label, label, opts))
-            continue
-        defense, _, text = rest.partition(":")
+        defense, _, text = (rest or label).partition(":")
         opts = parse_options(args.atesc_options) if defense == "atesc" else {}
         opts.update(parse_options(text.replace(";", ",")))
         runs.append((label, defense, opts))
@@ -289,6 +285,7 @@ def suite_defense(args: argparse.Namespace) -> None:
         return
     names = args.teachers.split(",") if args.teachers else [n for n in zoo_names()
                                                              if kind_of(load(n)[1]) in ("clean", "ntl_target", "ntl_watermark")]
+    seed = int(args.seeds.split(",")[0])  # the engine seed of every run (the first of --seeds)
     rows = []
     for name in names:
         teacher, card = load(name)
@@ -310,9 +307,8 @@ def suite_defense(args: argparse.Namespace) -> None:
 
         row: dict[str, Any] = {"teacher": name, "kind": kind_of(card), "teacher_id": acc(teacher.model, data.x),
                                "teacher_ood": acc(teacher.model, xo) if xo is not None else None}
+        row["seed"] = seed
         for label, defense, opts in defense_runs(args):
-            seed = int(args.seeds.split(",")[0])  # defense: the engine seed (the first of --seeds)
-            row["seed"] = seed
             torch.manual_seed(seed)
             engine = Engine(teacher, PRESETS.get(args.preset)(), device="cpu", seed=seed)
             hooks = DEFENSES.get(defense)(teacher, engine, **opts)

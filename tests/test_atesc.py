@@ -96,7 +96,8 @@ def test_class_balanced_weights_give_every_class_the_same_total():
 
 
 def test_balanced_kd_reweights_the_fragile_group_once_a_trap_is_seen():
-    from teacher_audit.defenses.atesc import _kd_per_sample, class_balanced_weights
+    from teacher_audit.defenses.atesc import class_balanced_weights
+    from teacher_audit.synth.losses import kd_per_sample
 
     _, engine = _engine()
     x = _batch(96, 32)
@@ -105,12 +106,12 @@ def test_balanced_kd_reweights_the_fragile_group_once_a_trap_is_seen():
     loss = hook.student_loss(ctx)
     fragile = torch.arange(128) < 96
     t, s = ctx.t_logits[fragile], ctx.s_logits[fragile]
-    want = (_kd_per_sample(t, s, engine.config.temperature) * class_balanced_weights(t)).mean() * 0.75
+    want = (kd_per_sample(t, s, engine.config.temperature) * class_balanced_weights(t)).mean() * 0.75
     assert torch.allclose(loss, want, atol=1e-5)
     # after a trap was seen, a batch whose split finds no robust group is still reweighted
     ctx = _ctx(engine, _batch(128, 0, seed=1))
     t, s = ctx.t_logits, ctx.s_logits
-    want = (_kd_per_sample(t, s, engine.config.temperature) * class_balanced_weights(t)).mean()
+    want = (kd_per_sample(t, s, engine.config.temperature) * class_balanced_weights(t)).mean()
     assert torch.allclose(hook.student_loss(ctx), want, atol=1e-5)
     # a teacher without a trap (unimodal batches only): plain KD, no reweighting
     fresh = ATEscHook(ATEscConfig(kd_weight="balanced"))
@@ -180,3 +181,12 @@ def test_cover_escape_acts_on_the_generator_only_once_a_trap_is_seen():
     assert ATEscHook(ATEscConfig(escape="none")).generator_loss(gen_ctx) is None
     with pytest.raises(UsageError):
         ATEscConfig(escape="nope")
+
+
+def test_kd_per_sample_averages_to_the_engine_kd_loss():
+    from teacher_audit.synth.losses import kd_loss, kd_per_sample
+
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(16, 5, generator=g), torch.randn(16, 5, generator=g)
+    assert kd_per_sample(t, s, 4.0).shape == (16,)
+    assert torch.allclose(kd_per_sample(t, s, 4.0).mean(), kd_loss(t, s, 4.0), rtol=1e-5)

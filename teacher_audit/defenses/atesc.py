@@ -58,6 +58,7 @@ from teacher_audit.defenses.base import DEFENSES
 from teacher_audit.errors import UsageError
 from teacher_audit.registry import Registry
 from teacher_audit.synth.hooks import BatchContext, Hook
+from teacher_audit.synth.losses import kd_per_sample
 
 FORGET: Registry[Any] = Registry("ATEsc forgetting loss")
 
@@ -109,12 +110,6 @@ def _escape_cover(ctx: BatchContext, hook: "ATEscHook") -> torch.Tensor | None:
     t = ctx.t_logits.float()
     y = torch.arange(t.shape[0], device=t.device) % t.shape[1]
     return hook.cfg.escape_weight * F.cross_entropy(t, y)
-
-
-def _kd_per_sample(t_logits: torch.Tensor, s_logits: torch.Tensor, tau: float) -> torch.Tensor:
-    """Hinton KD per sample: ``KL(softmax(T/tau) || softmax(S/tau)) * tau^2``."""
-    return F.kl_div(F.log_softmax(s_logits.float() / tau, 1), F.softmax(t_logits.float() / tau, 1),
-                    reduction="none").sum(1) * tau * tau
 
 
 def class_balanced_weights(t_logits: torch.Tensor) -> torch.Tensor:
@@ -242,7 +237,7 @@ class ATEscHook(Hook):
         if fragile.any():
             tf, sf = t[fragile], s[fragile]
             if cfg.kd_weight == "balanced" and self.trap_seen:
-                kd = (_kd_per_sample(tf, sf, ctx.engine.config.temperature) * class_balanced_weights(tf)).mean()
+                kd = (kd_per_sample(tf, sf, ctx.engine.config.temperature) * class_balanced_weights(tf)).mean()
             else:
                 kd = ctx.engine.kd_loss(tf, sf)
             loss = loss + kd * fragile.float().mean()

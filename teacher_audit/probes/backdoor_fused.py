@@ -207,8 +207,13 @@ def derived(results: dict[str, ProbeResult], ntl: dict[str, Any] | None = None) 
 def standardise(results: dict[str, ProbeResult], calib: dict[str, Any],
                 ntl: dict[str, Any] | None = None) -> dict[str, float]:
     """z-score of each calibrated component's raw score against the clean calibration statistics."""
+    return _z(derived(results, ntl), calib)
+
+
+def _z(everyone: dict[str, ProbeResult], calib: dict[str, Any]) -> dict[str, float]:
+    """:func:`standardise` on components already :func:`derived`."""
     out = {}
-    for name, r in derived(results, ntl).items():
+    for name, r in everyone.items():
         if name not in calib["components"] or r.status != "ok" or r.score is None:
             continue
         c = calib["components"][name]
@@ -244,10 +249,10 @@ def fuse(results: dict[str, ProbeResult], calib: dict[str, Any],
     robust-tail class votes with weight 2 x the calibrated threshold (a component has to be more than
     twice as far over the threshold to overrule it). Ties/no votes: the class of the largest z.
     """
-    z = standardise(results, calib, ntl)
+    everyone = derived(results, ntl)
+    z = _z(everyone, calib)
     if not z:
         return float("nan"), None, z
-    everyone = derived(results, ntl)
     best = max(z, key=z.get)
     weight: dict[int, float] = {}
     for n, v in z.items():

@@ -117,7 +117,7 @@ def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) ->
 
     def batch_median(hit: np.ndarray, ids: np.ndarray) -> float:
         """Median over synthesis batches of the share of ``hit`` (robust to one degenerate batch)."""
-        shares = [float(hit[ids == b].mean()) for b in np.unique(ids) if (ids == b).any()]
+        shares = [float(hit[ids == b].mean()) for b in np.unique(ids)]
         return float(np.median(shares)) if shares else 0.0
 
     pull_class = int(all_counts.argmax())

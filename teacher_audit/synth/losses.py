@@ -188,6 +188,13 @@ def cr_term(st: TermState) -> torch.Tensor | None:
     return loss
 
 
+def kd_per_sample(t_logits: torch.Tensor, s_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton KD per sample, shape ``(B,)``: the terms whose mean is :func:`kd_loss` (for weighted KD)."""
+    tau = temperature
+    return F.kl_div(F.log_softmax(s_logits.float() / tau, 1), F.softmax(t_logits.float() / tau, 1),
+                    reduction="none").sum(1) * tau * tau
+
+
 def kd_loss(t_logits: torch.Tensor, s_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton KD: ``KL(softmax(T/τ) || softmax(S/τ)) * τ²`` (batch mean)."""
     tau = temperature
