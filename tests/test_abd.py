@@ -116,14 +116,23 @@ def test_abd_hooks_run_on_the_engine():
     cfg.batch_size = 16
     cfg.kd_steps = 1
     engine = Engine(teacher, cfg, student=TinyCNN(width=8), device="cpu", seed=0)
-    for mode in ("hyper", "plain"):
-        hooks = DEFENSES.get("abd")(teacher, engine, mode=mode, check_batches=2, sr_start=0.0, delta_samples=8)
+    for mode, trigger in (("hyper", "additive"), ("plain", "additive"), ("hyper", "nc"), ("plain", "nc"),
+                          ("plain", "mask"), ("plain", "both")):
+        hooks = DEFENSES.get("abd")(teacher, engine, mode=mode, check_batches=2, sr_start=0.0, delta_samples=8,
+                                    warmup=0, search_every=2,
+                                    trigger="nc" if trigger == "both" else trigger,
+                                    search_model="both" if trigger == "both" else "teacher",
+                                    anchor="teacher" if trigger in ("nc", "both") else "student")
         sv, sr = hooks
         assert isinstance(sv, ShufflingVaccine) and isinstance(sr, SelfRetrospection)
         engine.run(budget_passes=engine.passes + 300, hooks=hooks, progress=False)
         assert sv.decided and len(sv.tail_ratios) >= 1 and sv.note
         assert sr.steps >= 2 and sr.delta is not None and sr.delta.abs().sum() > 0
     assert ABDConfig().coef == 0.1
+    paper = DEFENSES.get("abd")(teacher, engine, variant="paper", delta_steps=2)[1].cfg
+    assert (paper.mode, paper.trigger, paper.sr_start, paper.delta_steps) == ("hyper", "additive", 0.8, 2)
+    with pytest.raises(UsageError):
+        DEFENSES.get("abd")(teacher, engine, variant="nonsense")
 
 
 class _Functional(nn.Module):
@@ -151,3 +160,48 @@ def test_suspect_on_functional_graph_module():
     with torch.no_grad():
         assert torch.allclose(sus.model(x), ref, atol=1e-5)
     assert torch.equal(sus.model.w[2], net.w[2]) and torch.equal(sus.model.w[0], net.w[0])
+
+
+def test_class_triggers_find_the_backdoor_target_smaller_than_on_the_clean_twin():
+    from teacher_audit.defenses.sr_triggers import ClassTriggers
+    from teacher_audit.synth import PRESETS, Engine
+    from teacher_audit.zoo.tiny import train_tiny
+
+    target = 3
+    bd, clean = train_tiny("backdoor", trigger={"name": "badnets_square", "size": 6}, target=target, steps=200,
+                           poison_ratio=0.3, return_clean=True)
+    norms = []
+    for teacher in (bd, clean):
+        x = Engine(teacher, PRESETS.get("dfq")(), device="cpu", seed=0).synthesize(80, steps=20)
+        lo, hi = teacher.spec.value_range
+        trig = ClassTriggers(tuple(x.shape[1:]), float(lo), float(hi), 0, num_classes=10, per_target=8)
+        for _ in range(20):
+            trig.search(teacher.model, x, 3, 0.1)
+        norms.append(trig.norms())
+        assert trig.assign is not None and trig.assign.shape[0] == x.shape[0]
+        with torch.no_grad():
+            labels = teacher.model(x).argmax(1)
+        assert not bool((trig.assign == labels).any())  # a sample never gets its own class's trigger
+    nb, nc = norms
+    assert nb[target] < 0.75 * nc[target]
+    assert nb[target] <= sorted(nb.tolist())[len(nb) // 2]
+
+
+@pytest.mark.parametrize("name", ["additive", "mask", "nc"])
+def test_trigger_search_moves_only_the_trigger(name):
+    from teacher_audit.defenses.sr_triggers import SR_TRIGGERS
+    from teacher_audit.synth.tiny import TinyCNN
+
+    torch.manual_seed(0)
+    model = TinyCNN(width=8).eval()   # SR searches the student in eval mode (BN statistics untouched)
+    x = torch.rand(16, 1, 28, 28)
+    extra = {"num_classes": 10} if name == "nc" else {}
+    trig = SR_TRIGGERS.get(name)((1, 28, 28), 0.0, 1.0, 0, **extra)
+    before = trig.theta.clone()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    passes = trig.search(model, x, 3, 0.1)
+    assert passes >= 16 and not torch.equal(before, trig.theta)
+    assert all(p.grad is None for p in model.parameters())   # safe to search on the student mid-step
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    stamped = trig.apply(x, trig.theta)
+    assert stamped.shape == x.shape and float(stamped.min()) >= 0.0 and float(stamped.max()) <= 1.0

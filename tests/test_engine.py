@@ -143,6 +143,20 @@ def test_interrupted_run_resumes_to_the_same_student(preset: str, teacher: Teach
         assert torch.equal(a, b), k
 
 
+def test_paused_run_resumes_to_the_same_student(teacher: Teacher, tmp_path) -> None:
+    budget = iterations(small("fast"), 8)
+    ref = Engine(teacher, small("fast"), student=student(), device="cpu", seed=5)
+    ref_student = ref.run(budget_passes=budget, progress=False).student
+    first = Engine(teacher, small("fast"), student=student(), device="cpu", seed=5)
+    paused = first.run(budget_passes=budget, progress=False, checkpoint_dir=tmp_path, pause_at_passes=budget // 2)
+    assert paused.stopped == "paused" and budget // 2 <= paused.passes < budget
+    second = Engine(teacher, small("fast"), student=student(), device="cpu", seed=5)
+    result = second.run(budget_passes=budget, progress=False, checkpoint_dir=tmp_path, resume=True)
+    assert result.stopped == "budget_passes" and result.passes == ref.passes
+    for (k, a), b in zip(ref_student.state_dict().items(), result.student.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_resume_refuses_other_settings(teacher: Teacher, tmp_path) -> None:
     Engine(teacher, small("dfq"), student=student(), device="cpu").run(
         budget_passes=32 * 6, progress=False, checkpoint_dir=tmp_path)

@@ -12,16 +12,25 @@ generator drifts towards trigger-like features. Nothing here needs data.
    (share of samples with log10 KL below mean - 3 std) must exceed ``tail_min`` (0.02) for SV to
    switch on; otherwise the suspects are re-shuffled (up to ``max_tries`` = 8) and the check is
    repeated on the cached batches; if no shuffle passes, SV stays off and says so.
-2. **Self-Retrospection (SR)** — student side, in the final phase (after ``sr_start`` of the budget,
-   :class:`SelfRetrospection`). Each student step: find a universal perturbation delta maximising
-   KL(T(x + delta) || T(x)) (Adam, lr ``delta_lr``, ``delta_steps`` steps, warm-started from the
-   previous step's delta) — a synthesised trigger. Then the student is updated with
-   ``mode="hyper"``: the implicit hypergradient of the KD loss on a batch in which a share
-   ``poison_share`` of samples carries delta*(theta) = argmin_delta -KL(S(x+delta) || S(x)) +
-   ``reg`` ||delta||^2 (inner problem solved by ``inner_steps`` gradient steps of size
-   ``inner_lr``, inverse Hessian by ``neumann_steps`` Neumann fixed-point iterations, as in the
-   paper); or with ``mode="plain"`` (cheaper): KD + ``plain_weight`` * KL(S(x) || S(x + delta)), delta
-   clipped to an L2 ball of radius ``plain_radius`` * sqrt(C*H*W) * (range width).
+2. **Self-Retrospection (SR)** — student side, after ``sr_start`` of the budget
+   (:class:`SelfRetrospection`). Every ``search_every`` student steps a trigger is synthesised from
+   the teacher on the synthetic batch (``delta_steps`` Adam steps of lr ``delta_lr``, warm-started;
+   ``warmup`` steps the first time); its teacher passes count against the budget. The trigger's form
+   is a registry entry (``teacher_audit.defenses.sr_triggers``): ``trigger="additive"`` (the paper's:
+   one image maximising KL(T(x + delta) || T(x))) or ``"nc"`` (default: one Neural-Cleanse mask +
+   pattern per class, the ``targets`` classes with the smallest masks are stamped; the mask is widened
+   — ``mask_gain``, max-pool ``dilate`` — and with ``fill="mixed"`` every second sample gets random
+   black/white content in the region, because the smallest flipping mask on synthetic samples is only
+   part of the real trigger). Then the student is updated with
+   ``mode="plain"`` (default): KD + ``plain_weight`` * KL(ref || S(x')) on stamped samples x', where
+   ref is the teacher on the clean sample (``anchor="teacher"``, default) or the student
+   (``anchor="student"``, the paper's plain variant; an additive delta is then clipped to an L2 ball of
+   radius ``plain_radius`` * sqrt(C*H*W) * range width); or ``mode="hyper"``, the paper's: the implicit
+   hypergradient of the KD loss on a batch in which a share ``poison_share`` of samples carries
+   theta*(student) = argmin -KL(S(x') || S(x)) + ``reg`` * size (``inner_steps`` gradient steps of size
+   ``inner_lr`` from the teacher's trigger, inverse Hessian by ``neumann_steps`` Neumann iterations).
+   ``search_model`` = ``student``/``both`` searches triggers on the student (measured worse, kept as
+   options). ``variant="paper"`` restores the paper's SR settings (:data:`PAPER_SR`).
 
 Options are passed through ``DEFENSES.get("abd")(teacher, engine, **options)`` (CLI:
 ``distill --defense abd``); every option has the default listed in :class:`ABDConfig`.
@@ -38,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from teacher_audit.defenses.base import DEFENSES
+from teacher_audit.defenses.sr_triggers import SR_TRIGGERS, AdditiveTrigger, ClassTriggers, MaskTrigger, SRTrigger, kl_rows
 from teacher_audit.errors import UsageError
 from teacher_audit.probes.shuffle import Suspect, suspect_ensemble
 from teacher_audit.synth.hooks import BatchContext, Hook
@@ -45,8 +55,9 @@ from teacher_audit.synth.hooks import BatchContext, Hook
 
 @dataclass
 class ABDConfig:
-    """Options of the ABD defense (see module docstring)."""
+    """Options of the ABD defense (see module docstring); :data:`PAPER_SR` lists the paper's SR settings."""
 
+    variant: str = "default"
     sv: bool = True
     coef: float = 0.1
     n_layers: int = 5
@@ -56,26 +67,44 @@ class ABDConfig:
     tail_sigma: float = 3.0
     max_tries: int = 8
     sr: bool = True
-    mode: str = "hyper"
-    sr_start: float = 0.8
+    mode: str = "plain"
+    sr_start: float = 0.5
     budget_passes: int | None = None
+    trigger: str = "nc"
+    anchor: str = "teacher"
     delta_lr: float = 0.1
     delta_steps: int = 3
     delta_samples: int = 64
+    search_every: int = 10
+    warmup: int = 60
+    search_model: str = "teacher"
+    per_target: int = 8
+    targets: int = 1
+    mask_init: float = -3.0
+    mask_lam: float = 1.0
+    flip_goal: float = 0.8
+    mask_gain: float = 2.0
+    dilate: int = 3
+    fill: str = "mixed"
+    hard: bool = False
+    max_mask: float = 1.0
+    min_anomaly: float = 0.0
+    plain_weight: float = 2.0
+    plain_radius: float = 0.1
     poison_share: float = 0.02
     reg: float = 1e-3
     inner_steps: int = 3
     inner_lr: float = 0.1
     neumann_steps: int = 5
-    plain_weight: float = 0.5
-    plain_radius: float = 0.1
     seed: int = 0
 
 
-def kl_rows(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(p) || softmax(q)) per row."""
-    lp = torch.log_softmax(p_logits.float(), 1)
-    return (lp.exp() * (lp - torch.log_softmax(q_logits.float(), 1))).sum(1)
+#: ``variant="paper"``: Self-Retrospection as the ABD paper describes it (universal additive trigger from
+#: the teacher every student step, implicit hypergradient, final phase, 2 % of the batch); explicit
+#: options still win. The default variant is ours, chosen on the zoo (docs/backdoor.md).
+PAPER_SR: dict[str, Any] = {"mode": "hyper", "sr_start": 0.8, "trigger": "additive", "anchor": "student",
+                            "search_every": 1, "warmup": 0, "targets": 0, "mask_gain": 1.0, "dilate": 1,
+                            "fill": "pattern", "plain_weight": 0.5}
 
 
 class ShufflingVaccine(Hook):
@@ -152,23 +181,6 @@ class ShufflingVaccine(Hook):
         self.tail_ratios, self.note = list(state.get("tail_ratios", [])), str(state.get("note", ""))
 
 
-def universal_delta(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, init: torch.Tensor,
-                    steps: int, lr: float, lo: float, hi: float) -> torch.Tensor:
-    """A perturbation (one image) maximising KL(model(x + delta) || model(x)) — a synthesised trigger."""
-    delta = init.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([delta], lr=lr)
-    with torch.no_grad():
-        ref = model(x)
-    for _ in range(steps):
-        loss = -kl_rows(model((x + delta).clamp(lo, hi)), ref).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            delta.clamp_(lo - hi, hi - lo)
-    return delta.detach()
-
-
 def implicit_hypergrad(outer: Callable[[torch.Tensor], torch.Tensor], inner: Callable[[torch.Tensor], torch.Tensor],
                        delta: torch.Tensor, params: Sequence[torch.Tensor], neumann_steps: int, alpha: float
                        ) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -220,16 +232,53 @@ class _EvalMode:
 class SelfRetrospection(Hook):
     """Student-loss hook: make the student ignore synthesised triggers in the final phase."""
 
-    def __init__(self, cfg: ABDConfig):
+    def __init__(self, cfg: ABDConfig, num_classes: int = 10):
         self.cfg = cfg
-        self.delta: torch.Tensor | None = None
+        self.num_classes = num_classes
+        self.trigger: SRTrigger | None = None
+        self.s_trigger: SRTrigger | None = None
         self.steps = 0
-        self.delta_norms: list[float] = []
+        self.sizes: list[float] = []
+        self._pending: dict[str, Any] | None = None
+        self._pending_s: dict[str, Any] | None = None
+
+    @property
+    def delta(self) -> torch.Tensor | None:
+        """The current synthesised trigger's packed parameters (``None`` before SR started)."""
+        return None if self.trigger is None else self.trigger.theta
+
+    @property
+    def stamp(self) -> SRTrigger:
+        """The trigger stamped on the student's samples (the student's own with ``search_model=both``)."""
+        trig = self.s_trigger if self.cfg.search_model == "both" else self.trigger
+        assert trig is not None
+        return trig
+
+    @property
+    def note(self) -> str:
+        if self.trigger is None:
+            return "self-retrospection not started"
+        extra = f", mask {100 * self.trigger.mask_share():.1f}% of the image" if isinstance(self.trigger, MaskTrigger) else ""
+        return f"self-retrospection: {self.steps} steps, {self.cfg.mode}, {self.cfg.trigger} trigger{extra}"
 
     def _started(self, ctx: BatchContext) -> bool:
         eng = ctx.engine
         budget = self.cfg.budget_passes or getattr(getattr(eng, "config", None), "budget_passes", None)
         return not budget or eng.passes >= self.cfg.sr_start * budget
+
+    def _make_trigger(self, x: torch.Tensor, lo: float, hi: float) -> SRTrigger:
+        cfg = self.cfg
+        extra = {"num_classes": self.num_classes} if cfg.trigger == "nc" else {}
+        trig = SR_TRIGGERS.get(cfg.trigger)(tuple(x.shape[1:]), lo, hi, cfg.seed, mask_init=cfg.mask_init,
+                                            lam=cfg.mask_lam, flip_goal=cfg.flip_goal, targets=cfg.targets,
+                                            per_target=cfg.per_target, max_mask=cfg.max_mask,
+                                            mask_gain=cfg.mask_gain, dilate=cfg.dilate, fill=cfg.fill, hard=cfg.hard,
+                                            min_anomaly=cfg.min_anomaly, **extra)
+        trig.theta = trig.theta.to(x.device)
+        if self._pending is not None:
+            trig.load_state_dict(self._pending)
+            self._pending = None
+        return trig
 
     def student_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "student" or not self.cfg.sr or ctx.student is None or not self._started(ctx):
@@ -238,58 +287,86 @@ class SelfRetrospection(Hook):
         lo, hi = (float(v) for v in eng.spec.value_range)
         x, t = ctx.x.detach(), ctx.t_logits.detach()
         xs = x[: cfg.delta_samples]
-        if self.delta is None:
-            g = torch.Generator().manual_seed(cfg.seed)
-            self.delta = (torch.randn((1, *x.shape[1:]), generator=g) * 0.01 * (hi - lo)).to(x.device)
-        self.delta = universal_delta(eng.teacher.model, xs, self.delta, cfg.delta_steps, cfg.delta_lr, lo, hi)
-        eng.passes += xs.shape[0] * (cfg.delta_steps + 1)
-        self.delta_norms.append(float(self.delta.norm()))
+        if self.trigger is None:
+            self.trigger = self._make_trigger(x, lo, hi)
+        if cfg.search_model == "both" and self.s_trigger is None:
+            self.s_trigger = self._make_trigger(x, lo, hi)
+            if self._pending_s is not None:
+                self.s_trigger.load_state_dict(self._pending_s)
+                self._pending_s = None
+        if self.steps % cfg.search_every == 0:
+            n_steps = cfg.warmup if self.steps == 0 and cfg.warmup else cfg.delta_steps
+            if cfg.search_model in ("teacher", "both"):
+                eng.passes += self.trigger.search(eng.teacher.model, xs, n_steps, cfg.delta_lr)
+            if cfg.search_model == "both":  # the teacher picks the classes, the student's own triggers are stamped
+                assert isinstance(self.trigger, ClassTriggers) and isinstance(self.s_trigger, ClassTriggers)
+                self.s_trigger.options["allowed"] = self.trigger.top()
+            if cfg.search_model in ("student", "both"):  # retrospection on the student itself: no teacher passes
+                with _EvalMode(student):
+                    self.stamp.search(student, xs, n_steps, cfg.delta_lr)
+            self.sizes.append(float(self.stamp.size(self.stamp.theta)))
+        elif isinstance(self.stamp, ClassTriggers):
+            with torch.no_grad():
+                self.stamp.draw(t[: xs.shape[0]].argmax(1), self.stamp.options.get("allowed"))
         self.steps += 1
         if cfg.mode == "plain":
-            return self._plain(ctx, x, t, xs, lo, hi)
+            return self._plain(ctx, t, xs)
         return self._hyper(ctx, student, x, t, xs, lo, hi)
 
-    def _plain(self, ctx: BatchContext, x: torch.Tensor, t: torch.Tensor, xs: torch.Tensor, lo: float,
-               hi: float) -> torch.Tensor:
-        assert self.delta is not None and ctx.s_logits is not None and ctx.student is not None
-        radius = self.cfg.plain_radius * (hi - lo) * float(self.delta[0].numel()) ** 0.5
-        d = self.delta * torch.clamp(radius / self.delta.norm().clamp_min(1e-12), max=1.0)
-        s_adv = ctx.student((xs + d).clamp(lo, hi))
-        retro = kl_rows(ctx.s_logits[: xs.shape[0]].detach(), s_adv).mean()
+    def _plain(self, ctx: BatchContext, t: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        assert ctx.s_logits is not None and ctx.student is not None
+        trig = self.stamp
+        theta = trig.theta
+        if isinstance(trig, ClassTriggers) and trig.assign is None:  # no trigger small enough to unlearn
+            return ctx.engine.kd_loss(t, ctx.s_logits)
+        if isinstance(trig, AdditiveTrigger):  # the paper's plain variant bounds ||delta||
+            lo, hi = trig.lo, trig.hi
+            radius = self.cfg.plain_radius * (hi - lo) * float(theta[0].numel()) ** 0.5
+            theta = theta * torch.clamp(radius / theta.norm().clamp_min(1e-12), max=1.0)
+        s_adv = ctx.student(trig.apply(xs, theta))
+        ref = t[: xs.shape[0]] if self.cfg.anchor == "teacher" else ctx.s_logits[: xs.shape[0]].detach()
+        retro = kl_rows(ref, s_adv).mean()
         return ctx.engine.kd_loss(t, ctx.s_logits) + self.cfg.plain_weight * retro
 
     def _hyper(self, ctx: BatchContext, student: nn.Module, x: torch.Tensor, t: torch.Tensor, xs: torch.Tensor,
                lo: float, hi: float) -> torch.Tensor:
-        cfg = self.cfg
-        assert self.delta is not None
+        cfg, trig = self.cfg, self.stamp
+        if isinstance(trig, ClassTriggers) and trig.assign is None:  # no trigger small enough to unlearn
+            return ctx.engine.kd_loss(t, ctx.s_logits if ctx.s_logits is not None else student(x))
         params = [p for p in student.parameters() if p.requires_grad]
         m = max(1, int(round(cfg.poison_share * x.shape[0])))
 
-        def inner(delta: torch.Tensor) -> torch.Tensor:
+        def inner(theta: torch.Tensor) -> torch.Tensor:
             with _EvalMode(student):
                 ref = student(xs)
-                return -kl_rows(student((xs + delta).clamp(lo, hi)), ref).mean() + cfg.reg * delta.pow(2).sum()
+                return -kl_rows(student(trig.apply(xs, theta)), ref).mean() + cfg.reg * trig.size(theta)
 
-        delta = self.delta.clone()
-        for _ in range(cfg.inner_steps):  # delta*(theta): a few descent steps from the teacher's trigger
-            d = delta.detach().requires_grad_(True)
+        theta = trig.theta.clone()
+        for _ in range(cfg.inner_steps):  # theta*(student): a few descent steps from the teacher's trigger
+            d = theta.detach().requires_grad_(True)
             grad = torch.autograd.grad(inner(d), d)[0]
-            delta = (d - cfg.inner_lr * grad).detach().clamp(lo - hi, hi - lo)
+            theta = d - cfg.inner_lr * grad
+            if isinstance(trig, AdditiveTrigger):
+                theta = theta.clamp(lo - hi, hi - lo)
+            theta = theta.detach()
 
-        def outer(delta: torch.Tensor) -> torch.Tensor:
-            xm = torch.cat([(x[:m] + delta).clamp(lo, hi), x[m:]])
+        def outer(theta: torch.Tensor) -> torch.Tensor:
+            xm = torch.cat([trig.apply(x[:m], theta), x[m:]])
             return ctx.engine.kd_loss(t, student(xm))
 
-        hg, value = implicit_hypergrad(outer, inner, delta, params, cfg.neumann_steps, cfg.inner_lr)
+        hg, value = implicit_hypergrad(outer, inner, theta, params, cfg.neumann_steps, cfg.inner_lr)
         surrogate = sum((p * g.detach()).sum() for p, g in zip(params, hg))
         return value + surrogate - surrogate.detach()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"delta": None if self.delta is None else self.delta.cpu(), "steps": self.steps}
+        return {"trigger": None if self.trigger is None else self.trigger.state_dict(), "steps": self.steps,
+                "s_trigger": None if self.s_trigger is None else self.s_trigger.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        d = state.get("delta")
-        self.delta = None if d is None else torch.as_tensor(d)
+        # the trigger is rebuilt at the next SR step (it needs the batch's device and shape)
+        self._pending = state.get("trigger") or ({"theta": state["delta"]} if state.get("delta") is not None else None)
+        self._pending_s = state.get("s_trigger")
+        self.trigger = self.s_trigger = None
         self.steps = int(state.get("steps", 0))
 
 
@@ -299,9 +376,24 @@ def parse_options(options: dict[str, Any]) -> ABDConfig:
     bad = sorted(set(options) - set(known))
     if bad:
         raise UsageError(f"unknown abd option(s): {', '.join(bad)}; known: {', '.join(sorted(known))}")
-    cfg = ABDConfig(**options)
+    variant = options.get("variant", "default")
+    if variant not in ("default", "paper"):
+        raise UsageError(f"abd variant must be 'default' or 'paper', got {variant!r}")
+    cfg = ABDConfig(**{**(PAPER_SR if variant == "paper" else {}), **options})
+    if cfg.fill not in ("pattern", "mixed", "solid"):
+        raise UsageError(f"abd fill must be 'pattern', 'mixed' or 'solid', got {cfg.fill!r}")
     if cfg.mode not in ("hyper", "plain"):
         raise UsageError(f"abd mode must be 'hyper' or 'plain', got {cfg.mode!r}")
+    if cfg.trigger not in SR_TRIGGERS:
+        raise UsageError(f"abd trigger must be one of {', '.join(SR_TRIGGERS.names())}, got {cfg.trigger!r}")
+    if cfg.search_every < 1:
+        raise UsageError("abd search_every must be >= 1")
+    if cfg.search_model not in ("teacher", "student", "both"):
+        raise UsageError(f"abd search_model must be 'teacher', 'student' or 'both', got {cfg.search_model!r}")
+    if cfg.search_model == "both" and cfg.trigger != "nc":
+        raise UsageError("abd search_model=both needs trigger=nc (the teacher picks classes for the student's triggers)")
+    if cfg.anchor not in ("student", "teacher"):
+        raise UsageError(f"abd anchor must be 'student' or 'teacher', got {cfg.anchor!r}")
     if not 0.0 <= cfg.sr_start <= 1.0 or not 0.0 < cfg.poison_share <= 1.0:
         raise UsageError("abd sr_start must be in [0, 1] and poison_share in (0, 1]")
     return cfg
@@ -320,4 +412,4 @@ def abd_defense(teacher: Any, engine: Any, **options: Any) -> list[Hook]:
         ``[ShufflingVaccine, SelfRetrospection]`` (a disabled part is still returned; it stays inert).
     """
     cfg = parse_options(options)
-    return [ShufflingVaccine(teacher.model, cfg), SelfRetrospection(cfg)]
+    return [ShufflingVaccine(teacher.model, cfg), SelfRetrospection(cfg, teacher.spec.num_classes)]

@@ -351,7 +351,7 @@ class Engine:
     def run(self, budget_passes: int | None = None, budget_seconds: float | None = None,
             hooks: Sequence[Hook] = (), progress: bool = True, checkpoint_dir: str | Path | None = None,
             resume: bool = False, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-            eval_every_passes: int | None = None) -> RunResult:
+            eval_every_passes: int | None = None, pause_at_passes: int | None = None) -> RunResult:
         """Alternate generator and student updates until the budget is spent.
 
         Args:
@@ -369,6 +369,9 @@ class Engine:
             evaluate: optional ``fn(student) -> {metric: value}`` recorded in the history
                 (``kind="eval"``) every ``eval_every_passes`` passes and at the end.
             eval_every_passes: see ``evaluate``.
+            pause_at_passes: stop early once :attr:`passes` reaches this, keeping the schedule of
+                ``budget_passes`` (``stopped="paused"``); with ``checkpoint_dir``, a later ``resume=True``
+                run with the same budget continues as if never paused (e.g. to fork ablations).
 
         Returns:
             :class:`RunResult`.
@@ -411,6 +414,9 @@ class Engine:
                     break
                 if budget_seconds is not None and self.seconds - run_seconds0 >= budget_seconds:
                     stopped = "budget_seconds"
+                    break
+                if pause_at_passes is not None and self.passes >= pause_at_passes:
+                    stopped = "paused"
                     break
                 if intr.hit:
                     if checkpoint_dir is not None:
