@@ -207,7 +207,7 @@ def distill(teacher: Teacher, out_dir: str | Path, options: DistillOptions | Non
         "budget": {"teacher_passes": result.passes, "seconds": round(result.seconds, 2), "stopped": result.stopped,
                    "limit_passes": opt.budget_passes if (opt.budget_passes or opt.budget_seconds) else cfg.budget_passes,
                    "limit_seconds": opt.budget_seconds},
-        "notes": result.notes,
+        "notes": result.notes + [f"defense {opt.defense}: {n}" for n in (getattr(h, "note", "") for h in hooks) if n],
         "evaluation": evaluation,
         "onnx": onnx_info,
         "curves": result.history,

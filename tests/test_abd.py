@@ -205,3 +205,25 @@ def test_trigger_search_moves_only_the_trigger(name):
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
     stamped = trig.apply(x, trig.theta)
     assert stamped.shape == x.shape and float(stamped.min()) >= 0.0 and float(stamped.max()) <= 1.0
+
+
+def test_self_retrospection_starts_at_its_share_of_the_running_budget():
+    from teacher_audit.synth import PRESETS, Engine
+    from teacher_audit.synth.tiny import TinyCNN, tiny_teacher
+
+    teacher = tiny_teacher(bn=True, n_train=600, epochs=1)
+    cfg = PRESETS.get("dfq")()
+    cfg.batch_size = 16
+    cfg.kd_steps = 1
+    engine = Engine(teacher, cfg, student=TinyCNN(width=8), device="cpu", seed=0)
+    sv, sr = DEFENSES.get("abd")(teacher, engine, sv=False, sr_start=0.5, warmup=0, search_every=1, delta_samples=8)
+    seen = []
+
+    class Watch(SelfRetrospection):
+        def student_loss(self, ctx):
+            seen.append((ctx.engine.budget_share, sr._started(ctx)))
+            return None
+
+    engine.run(budget_passes=16 * 40, hooks=[sv, Watch(sr.cfg)], progress=False)  # no budget_passes option given
+    assert seen and all(started == (share >= 0.5) for share, started in seen)
+    assert any(started for _, started in seen) and not all(started for _, started in seen)

@@ -262,8 +262,15 @@ class SelfRetrospection(Hook):
         return f"self-retrospection: {self.steps} steps, {self.cfg.mode}, {self.cfg.trigger} trigger{extra}"
 
     def _started(self, ctx: BatchContext) -> bool:
+        """After ``sr_start`` of the budget: of ``budget_passes`` when given, else of the running
+        engine's own budget (passes or seconds, whichever ``Engine.run`` was given)."""
         eng = ctx.engine
-        budget = self.cfg.budget_passes or getattr(getattr(eng, "config", None), "budget_passes", None)
+        if self.cfg.budget_passes:
+            return eng.passes >= self.cfg.sr_start * self.cfg.budget_passes
+        share = getattr(eng, "budget_share", None)
+        if share is not None:
+            return share >= self.cfg.sr_start
+        budget = getattr(getattr(eng, "config", None), "budget_passes", None)
         return not budget or eng.passes >= self.cfg.sr_start * budget
 
     def _make_trigger(self, x: torch.Tensor, lo: float, hi: float) -> SRTrigger:

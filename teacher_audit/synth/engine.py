@@ -134,6 +134,7 @@ class Engine:
         self.pool = SamplePool(min(cfg.pool_size, cfg.pool_max_bytes // per_image))
         self.bank = FeatureBank(cfg.bank_size) if "cr" in w else None
         self.passes = 0
+        self.budget_share: float | None = None  # share of the running budget spent (set by run)
         self.seconds = 0.0
         self.iteration = 0
         self.gen_step = 0
@@ -422,7 +423,8 @@ class Engine:
                     if checkpoint_dir is not None:
                         save_checkpoint(checkpoint_dir, self.state_dict(hooks))
                     raise KeyboardInterrupt
-                lr = self._set_lr(frac())
+                self.budget_share = frac()
+                lr = self._set_lr(self.budget_share)
                 _, _, terms = self._one_iteration(hooks)
                 self.seconds = start_seconds + (time.perf_counter() - t0)
                 if self.iteration % cfg.log_every == 0:
