@@ -107,7 +107,8 @@ def test_abd_registered_and_options_checked():
         DEFENSES.get("abd")(None, None, mode="weird")
 
 
-def test_abd_hooks_run_on_the_engine():
+def _tiny_engine():
+    """A tiny BN teacher trained here and a dfq engine with small batches (one student step per iteration)."""
     from teacher_audit.synth import PRESETS, Engine
     from teacher_audit.synth.tiny import TinyCNN, tiny_teacher
 
@@ -116,6 +117,11 @@ def test_abd_hooks_run_on_the_engine():
     cfg.batch_size = 16
     cfg.kd_steps = 1
     engine = Engine(teacher, cfg, student=TinyCNN(width=8), device="cpu", seed=0)
+    return teacher, engine
+
+
+def test_abd_hooks_run_on_the_engine():
+    teacher, engine = _tiny_engine()
     for mode, trigger in (("hyper", "additive"), ("plain", "additive"), ("hyper", "nc"), ("plain", "nc"),
                           ("plain", "mask"), ("plain", "both")):
         hooks = DEFENSES.get("abd")(teacher, engine, mode=mode, check_batches=2, sr_start=0.0, delta_samples=8,
@@ -208,14 +214,7 @@ def test_trigger_search_moves_only_the_trigger(name):
 
 
 def test_self_retrospection_starts_at_its_share_of_the_running_budget():
-    from teacher_audit.synth import PRESETS, Engine
-    from teacher_audit.synth.tiny import TinyCNN, tiny_teacher
-
-    teacher = tiny_teacher(bn=True, n_train=600, epochs=1)
-    cfg = PRESETS.get("dfq")()
-    cfg.batch_size = 16
-    cfg.kd_steps = 1
-    engine = Engine(teacher, cfg, student=TinyCNN(width=8), device="cpu", seed=0)
+    teacher, engine = _tiny_engine()
     sv, sr = DEFENSES.get("abd")(teacher, engine, sv=False, sr_start=0.5, warmup=0, search_every=1, delta_samples=8)
     seen = []
 
