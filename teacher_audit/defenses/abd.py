@@ -238,7 +238,6 @@ class SelfRetrospection(Hook):
         self.trigger: SRTrigger | None = None
         self.s_trigger: SRTrigger | None = None
         self.steps = 0
-        self.sizes: list[float] = []
         self._pending: dict[str, Any] | None = None
         self._pending_s: dict[str, Any] | None = None
 
@@ -311,10 +310,9 @@ class SelfRetrospection(Hook):
             if cfg.search_model in ("student", "both"):  # retrospection on the student itself: no teacher passes
                 with _EvalMode(student):
                     self.stamp.search(student, xs, n_steps, cfg.delta_lr)
-            self.sizes.append(float(self.stamp.size(self.stamp.theta)))
         elif isinstance(self.stamp, ClassTriggers):
             with torch.no_grad():
-                self.stamp.draw(t[: xs.shape[0]].argmax(1), self.stamp.options.get("allowed"))
+                self.stamp.draw(t[: xs.shape[0]].argmax(1))
         self.steps += 1
         if cfg.mode == "plain":
             return self._plain(ctx, t, xs)

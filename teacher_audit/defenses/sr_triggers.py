@@ -104,10 +104,6 @@ class AdditiveTrigger(SRTrigger):
         self.theta = delta.detach()
         return x.shape[0] * (steps + 1)
 
-    @property
-    def delta(self) -> torch.Tensor:
-        return self.theta
-
 
 @SR_TRIGGERS.register("mask", summary="Neural-Cleanse mask + pattern, smallest region that overrides the teacher")
 class MaskTrigger(SRTrigger):
@@ -197,18 +193,16 @@ class ClassTriggers(MaskTrigger):
     def norms(self) -> torch.Tensor:
         return torch.sigmoid(self.theta[:, :1]).flatten(1).mean(1).cpu()
 
-    def draw(self, labels: torch.Tensor, allowed: torch.Tensor | None = None) -> None:
+    def draw(self, labels: torch.Tensor) -> None:
         """Pick, per sample, a class whose trigger it gets (never the label the model gives it).
 
-        Candidates: ``allowed`` (a boolean mask over classes, e.g. chosen on another model) or the
-        ``targets`` classes with the smallest masks (all when 0); a class whose mask covers more than
-        ``max_mask`` of the image is never used. With no candidate left, :attr:`assign` is ``None``.
+        Candidates: ``options["allowed"]`` when set (a boolean mask over classes, e.g. chosen on another
+        model), else :meth:`top`; a class whose mask covers more than ``max_mask`` of the image is never
+        used. With no candidate left, :attr:`assign` is ``None``.
         """
-        if allowed is None:
-            n_top = int(self.options.get("targets", 0)) or self.k
-            allowed = torch.zeros(self.k, dtype=torch.bool)
-            allowed[torch.argsort(self.norms())[:n_top]] = True
-        allowed = allowed.cpu() & (self.norms() <= float(self.options.get("max_mask", 1.0)))
+        allowed = self.options.get("allowed")
+        allowed = self.top() if allowed is None else allowed.cpu()
+        allowed = allowed & (self.norms() <= float(self.options.get("max_mask", 1.0)))
         gate = float(self.options.get("min_anomaly", 0.0))
         if gate > 0:  # only triggers that stand out from the other classes' (Neural Cleanse's anomaly index)
             allowed = allowed & (self.anomaly() >= gate)
@@ -291,7 +285,7 @@ class ClassTriggers(MaskTrigger):
         self.lams = lams.cpu()
         self.theta = theta.detach()
         self._opt_state = opt.state_dict()
-        self.draw(labels, self.options.get("allowed"))
+        self.draw(labels)
         return x.shape[0] + xs.shape[0] * steps
 
     def mask_share(self) -> float:
