@@ -5,6 +5,7 @@ Usage (from the repo root; the zoo is read from ``zoo-cache/``, built by ``bench
     .venv/bin/python benchmarks/suite_ntl.py asym    [--teachers a,b,...] [--n 200]
     .venv/bin/python benchmarks/suite_ntl.py detect  [--teachers ...] [--seeds 0]
     .venv/bin/python benchmarks/suite_ntl.py defense [--teachers ...] [--budget 20000]
+    .venv/bin/python benchmarks/suite_ntl.py seeds   --teachers a,b --seeds 0,1,2 [--defenses ...] [--write-docs]
 
 Each writes its table to ``docs/benchmarks.md`` under its own heading (``## Robustness asymmetry``,
 ``## NTL detection``, ``## ATEsc defense``) with the command, date and machine, and the raw numbers
@@ -274,11 +275,67 @@ def defense_runs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any
     return runs
 
 
-def suite_defense(args: argparse.Namespace) -> None:
-    from teacher_audit.data import load_dataset
-    from teacher_audit.defenses import DEFENSES
-    from teacher_audit.synth import PRESETS, Engine
+class DefenseBench:
+    """One teacher's test data and the measurements of a defended (or plain) DFKD run on it."""
 
+    def __init__(self, name: str, n: int):
+        from teacher_audit.data import load_dataset
+
+        self.name = name
+        self.teacher, self.card = load(name)
+        desc = (self.card.get("ground_truth") or {}).get("ood")
+        self.data = load_dataset("fashion-mnist", "test", spec=self.teacher.spec, limit=n)
+        self.xo = ood_transform(desc)(self.data.x) if desc else None
+
+    def acc(self, model: torch.nn.Module, x: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((model(x).argmax(1) == self.data.y).float().mean())
+
+    def agree_ood(self, model: torch.nn.Module) -> float | None:
+        """Share of the OOD images the teacher gets wrong on which ``model`` copies the wrong label."""
+        if self.xo is None:
+            return None
+        with torch.no_grad():
+            t = self.teacher.model(self.xo).argmax(1)
+            wrong = t != self.data.y  # the teacher's misleading OOD labels
+            return float((model(self.xo).argmax(1)[wrong] == t[wrong]).float().mean()) if wrong.any() else None
+
+    def row(self) -> dict[str, Any]:
+        t = self.teacher.model
+        return {"teacher": self.name, "kind": kind_of(self.card), "teacher_id": self.acc(t, self.data.x),
+                "teacher_ood": self.acc(t, self.xo) if self.xo is not None else None}
+
+    def run(self, label: str, defense: str, opts: dict[str, Any], seed: int, budget: int,
+            preset: str) -> dict[str, Any]:
+        """Distil at engine seed ``seed`` with ``defense`` (``none``: plain DFKD); ``{label}_*`` fields."""
+        from teacher_audit.defenses import DEFENSES
+        from teacher_audit.synth import PRESETS, Engine
+
+        torch.manual_seed(seed)
+        engine = Engine(self.teacher, PRESETS.get(preset)(), device="cpu", seed=seed)
+        hooks = DEFENSES.get(defense)(self.teacher, engine, **opts)
+        t0 = time.perf_counter()
+        res = engine.run(budget_passes=budget, hooks=hooks, progress=False)
+        s = res.student
+        out: dict[str, Any] = {
+            f"{label}_options": opts,
+            f"{label}_passes": int(engine.passes) + int(getattr(hooks[0], "pgd_passes", 0) if hooks and
+                                                         not opts.get("charge_passes", True) else 0),
+            f"{label}_iterations": int(engine.iteration),
+            f"{label}_id": self.acc(s, self.data.x),
+            f"{label}_ood": self.acc(s, self.xo) if self.xo is not None else None,
+            f"{label}_agree_ood": self.agree_ood(s),
+            f"{label}_seconds": time.perf_counter() - t0,
+        }
+        if defense == "atesc":
+            st = hooks[0].stats  # type: ignore[attr-defined]
+            out[f"{label}_robust_share"] = float(np.mean([x["robust_share"] for x in st])) if st else 0.0
+            out[f"{label}_trap_steps"] = int(sum(bool(x.get("trap")) for x in st))
+            out[f"{label}_steps"] = len(st)
+        return out
+
+
+def suite_defense(args: argparse.Namespace) -> None:
     if args.merge:
         rows = merge_rows("defense")
         write_defense(rows, args)
@@ -288,48 +345,117 @@ def suite_defense(args: argparse.Namespace) -> None:
     seed = int(args.seeds.split(",")[0])  # the engine seed of every run (the first of --seeds)
     rows = []
     for name in names:
-        teacher, card = load(name)
-        desc = (card.get("ground_truth") or {}).get("ood")
-        data = load_dataset("fashion-mnist", "test", spec=teacher.spec, limit=args.n)
-        xo = ood_transform(desc)(data.x) if desc else None
-
-        def acc(model: torch.nn.Module, x: torch.Tensor) -> float:
-            with torch.no_grad():
-                return float((model(x).argmax(1) == data.y).float().mean())
-
-        def agree_ood(model: torch.nn.Module) -> float | None:
-            if xo is None:
-                return None
-            with torch.no_grad():
-                t = teacher.model(xo).argmax(1)
-                wrong = t != data.y  # the teacher's misleading OOD labels
-                return float((model(xo).argmax(1)[wrong] == t[wrong]).float().mean()) if wrong.any() else None
-
-        row: dict[str, Any] = {"teacher": name, "kind": kind_of(card), "teacher_id": acc(teacher.model, data.x),
-                               "teacher_ood": acc(teacher.model, xo) if xo is not None else None}
-        row["seed"] = seed
+        bench = DefenseBench(name, args.n)
+        row = dict(bench.row(), seed=seed)
         for label, defense, opts in defense_runs(args):
-            torch.manual_seed(seed)
-            engine = Engine(teacher, PRESETS.get(args.preset)(), device="cpu", seed=seed)
-            hooks = DEFENSES.get(defense)(teacher, engine, **opts)
-            t0 = time.perf_counter()
-            res = engine.run(budget_passes=args.budget, hooks=hooks, progress=False)
-            s = res.student
-            row[f"{label}_options"] = opts
-            row[f"{label}_passes"] = int(engine.passes) + int(getattr(hooks[0], "pgd_passes", 0) if hooks and
-                                                              not opts.get("charge_passes", True) else 0)
-            row[f"{label}_iterations"] = int(engine.iteration)
-            row[f"{label}_id"] = acc(s, data.x)
-            row[f"{label}_ood"] = acc(s, xo) if xo is not None else None
-            row[f"{label}_agree_ood"] = agree_ood(s)
-            row[f"{label}_seconds"] = time.perf_counter() - t0
-            if defense == "atesc":
-                st = hooks[0].stats  # type: ignore[attr-defined]
-                row[f"{label}_robust_share"] = float(np.mean([x["robust_share"] for x in st])) if st else 0.0
+            row.update(bench.run(label, defense, opts, seed, args.budget, args.preset))
         rows.append(row)
         print(row, flush=True)
         save_json("defense" + args.out, rows)
         write_defense(rows, args)  # after every teacher: a partial table survives an interrupted run
+
+
+def run_key(name: str, label: str, defense: str, opts: dict[str, Any], seed: int, args: argparse.Namespace) -> str:
+    """File name of one cached seeds-suite run (teacher, label, seed and a hash of what it ran)."""
+    import hashlib
+
+    what = json.dumps({"defense": defense, "opts": opts, "budget": args.budget, "n": args.n,
+                       "preset": args.preset}, sort_keys=True)
+    return f"{name}__{label}__s{seed}__{hashlib.sha256(what.encode()).hexdigest()[:10]}.json"
+
+
+def suite_seeds(args: argparse.Namespace) -> None:
+    """Every ``--defenses`` run at every ``--seeds`` engine seed, one cached JSON per run
+    (``<results>/runs/``; an interrupted suite resumes), then the ``## ATEsc defense, several seeds``
+    table: per teacher and variant the mean ID / agreement over seeds and, per seed, the change
+    against plain DFKD at the same seed."""
+    names = [n for n in args.teachers.split(",") if n]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    runs = defense_runs(args)
+    folder = RESULTS / "runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        bench: DefenseBench | None = None
+        for seed in seeds:
+            row: dict[str, Any] = {"seed": seed}
+            for label, defense, opts in runs:
+                f = folder / run_key(name, label, defense, opts, seed, args)
+                if not f.exists():
+                    if args.merge:
+                        continue
+                    bench = bench or DefenseBench(name, args.n)
+                    got = dict(bench.row(), **bench.run(label, defense, opts, seed, args.budget, args.preset))
+                    atomic_write_text(f, json.dumps(got, indent=1, default=float))
+                    print(name, seed, label, {k: v for k, v in got.items() if not k.endswith("_options")}, flush=True)
+                row.update(json.loads(f.read_text()))
+            if "teacher" in row:
+                rows.append(row)
+        if args.write_docs:
+            write_seeds(rows, runs, args)
+
+
+def write_seeds(rows: list[dict[str, Any]], runs: list[tuple[str, str, dict[str, Any]]],
+                args: argparse.Namespace) -> None:
+    """The ``## ATEsc defense, several seeds`` section from the cached runs measured so far."""
+    labels = [lab for lab, _, _ in runs if lab != "none"]
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    def mean(vals: list[float | None]) -> float | None:
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    def met(r: dict[str, Any], lab: str) -> bool | None:
+        if r.get("none_id") is None or r.get(f"{lab}_id") is None:
+            return None
+        gain = round(100 * (r[f"{lab}_id"] - r["none_id"]), 1)
+        if r["kind"] == "clean":
+            return gain >= -1.0
+        a0, a1 = r.get("none_agree_ood"), r.get(f"{lab}_agree_ood")
+        return gain >= 3.0 and a0 is not None and a1 is not None and a1 <= a0 / 2
+
+    lines = ["| teacher | kind | variant | seeds | student ID (mean) | agree w/ misleading OOD (mean) | "
+             "ΔID per seed (pts) | goal met (seeds) | goal on the means |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["teacher"] for r in rows):
+        rs = [r for r in rows if r["teacher"] == name]
+        kind = rs[0]["kind"]
+        for lab in ["none"] + labels:
+            have = [r for r in rs if r.get(f"{lab}_id") is not None]
+            if not have:
+                continue
+            mid, mag = mean([r[f"{lab}_id"] for r in have]), mean([r.get(f"{lab}_agree_ood") for r in have])
+            if lab == "none":
+                lines.append(f"| {name} | {kind} | DFKD | {','.join(str(r['seed']) for r in have)} | {pct(mid)} | "
+                             f"{pct(mag)} | | | |")
+                continue
+            paired = [r for r in have if r.get("none_id") is not None]
+            deltas = ", ".join(f"s{r['seed']} {100 * (r[f'{lab}_id'] - r['none_id']):+.1f}" for r in paired)
+            oks = [met(r, lab) for r in paired]
+            m0 = mean([r["none_id"] for r in paired])
+            a0 = mean([r.get("none_agree_ood") for r in paired])
+            ma = mean([r.get(f"{lab}_agree_ood") for r in paired])
+            mi = mean([r[f"{lab}_id"] for r in paired])
+            if not paired:
+                on_means = "–"
+            elif kind == "clean":
+                on_means = "met" if round(100 * (mi - m0), 1) >= -1.0 else "not met"
+            else:
+                on_means = ("met" if round(100 * (mi - m0), 1) >= 3.0 and ma is not None and a0 is not None
+                            and ma <= a0 / 2 else "not met")
+            lines.append(f"| {name} | {kind} | {lab} | {','.join(str(r['seed']) for r in have)} | {pct(mid)} | "
+                         f"{pct(mag)} | {deltas} | {sum(bool(o) for o in oks)}/{len(oks)} | {on_means} |")
+    variants = "; ".join(f"`{lab}` = `{d}` `{o}`" for lab, d, o in runs)
+    body = (header(" ".join(["python benchmarks/suite_ntl.py"] + sys.argv[1:])) +
+            f"\nPreset `{args.preset}`, {args.budget} synthesis passes per run, first {args.n} Fashion-MNIST test "
+            f"images, engine seeds `{args.seeds}`. Variants: {variants}. Goal per seed as in `## ATEsc defense` "
+            "(NTL: ΔID >= +3 points and agreement at most half of DFKD's at the same seed; clean: ΔID >= -1).\n\n"
+            + "\n".join(lines))
+    if getattr(args, "notes", ""):
+        body += "\n\n" + Path(args.notes).read_text().strip()
+    write_section("ATEsc defense, several seeds", body)
 
 
 def merge_rows(suite: str) -> list[dict[str, Any]]:
@@ -422,7 +548,7 @@ def parse_options(text: str) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("suite", choices=["asym", "detect", "defense"])
+    ap.add_argument("suite", choices=["asym", "detect", "defense", "seeds"])
     ap.add_argument("--teachers", default="")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--n", type=int, default=200)
@@ -440,6 +566,7 @@ def main() -> None:
     ap.add_argument("--out", default="", help="results file suffix (keeps runs apart)")
     ap.add_argument("--merge", action="store_true",
                     help="detect/defense: tabulate all earlier detect*.json / defense*.json runs")
+    ap.add_argument("--write-docs", action="store_true", help="seeds: write the docs section")
     ap.add_argument("--notes", default="", help="defense: a Markdown file appended to the section (the reading)")
     ap.add_argument("--defenses", default="none,atesc",
                     help="defense: runs, 'none', 'atesc' or 'label=defense:k=v;k=v' (ablations)")
@@ -452,7 +579,7 @@ def main() -> None:
         RESULTS = Path(args.results)
     ZOOS.extend(Path(p) for p in args.extra_zoo)
     torch.set_num_threads(args.threads)
-    {"asym": suite_asym, "detect": suite_detect, "defense": suite_defense}[args.suite](args)
+    {"asym": suite_asym, "detect": suite_detect, "defense": suite_defense, "seeds": suite_seeds}[args.suite](args)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,30 @@ def test_balanced_kd_reweights_the_fragile_group_once_a_trap_is_seen():
     assert not fresh.trap_seen
 
 
+def test_forget_trap_replaces_the_forgetting_loss_only_once_a_trap_is_seen():
+    from teacher_audit.defenses.atesc import FORGET
+
+    _, engine = _engine()
+    hook = ATEscHook(ATEscConfig(kd_weight="uniform", forget="uniform", forget_trap="uniform_other",
+                                 trap_window=2, trap_share=0.2))
+    robust = torch.arange(128) >= 96
+
+    def want(ctx: BatchContext, forget: str) -> torch.Tensor:
+        t, s = ctx.t_logits, ctx.s_logits
+        kd = engine.kd_loss(t[~robust], s[~robust]) * 0.75
+        return kd + FORGET.get(forget)(s[robust], t[robust], hook.cfg) * 0.25
+
+    hook.student_loss(_ctx(engine, _batch(128, 0, seed=1)))  # unimodal: robust share 0
+    ctx = _ctx(engine, _batch(96, 32))
+    assert torch.allclose(hook.student_loss(ctx), want(ctx, "uniform"), atol=1e-5)  # mean share 0.125
+    assert not hook.trap_seen
+    ctx = _ctx(engine, _batch(96, 32))
+    assert torch.allclose(hook.student_loss(ctx), want(ctx, "uniform_other"), atol=1e-5)  # mean share 0.25
+    assert hook.trap_seen
+    with pytest.raises(UsageError):
+        ATEscConfig(forget_trap="nope")
+
+
 def test_uniform_other_forgetting_is_zero_at_its_target():
     from teacher_audit.defenses.atesc import FORGET
 
@@ -181,6 +205,30 @@ def test_cover_escape_acts_on_the_generator_only_once_a_trap_is_seen():
     assert ATEscHook(ATEscConfig(escape="none")).generator_loss(gen_ctx) is None
     with pytest.raises(UsageError):
         ATEscConfig(escape="nope")
+
+
+def test_trap_bn_scale_reweights_the_bn_prior_only_once_a_trap_is_seen():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+    net[1].running_mean.uniform_(-1, 1)
+    net[1].running_var.uniform_(0.5, 2)
+    teacher = Teacher.from_net(net, SPEC)
+    engine = Engine(teacher, PRESETS.get("dfq")(), device="cpu", seed=0)
+    x = torch.rand(8, 1, 8, 8, requires_grad=True)
+    engine.taps.reset()
+    engine.taps.active = True
+    t = teacher.model(x)  # as in the engine's generator phase: grad flows to x
+    engine.taps.active = False
+    ctx = BatchContext(x=x, t_logits=t, s_logits=None, engine=engine, step=0, phase="generator")
+    hook = ATEscHook(ATEscConfig(escape="none", trap_bn_scale=0.1))
+    assert hook.generator_loss(ctx) is None  # no trap seen: the engine's prior as configured
+    hook.stats.append({"robust_share": 0.5})  # a trapped batch
+    assert hook.trap_seen
+    w = engine.config.active_terms()["bn"]
+    want = (0.1 - 1.0) * w * torch.stack(engine.taps.bn_losses).sum()
+    got = hook.generator_loss(ctx)
+    assert got is not None and got.requires_grad and torch.allclose(got, want)
+    assert engine.config.active_terms()["bn"] == w  # the config (part of a checkpoint) is untouched
 
 
 def test_kd_per_sample_averages_to_the_engine_kd_loss():

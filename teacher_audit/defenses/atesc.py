@@ -19,7 +19,9 @@ The paper's code is not public; every choice it leaves open is an option here (d
 * forgetting: ``forget="uniform"`` (default: KL(uniform || S), "don't know"), ``"uniform_other"`` (KL(u || S)
   with u uniform over every class but the teacher's answer: "not that label"; stronger against the trap,
   but costs clean teachers up to 3 points), ``"neg_kl"`` (bounded ``-min(KL(T || S), forget_cap)``: move away from the teacher),
-  ``"none"`` (drop robust samples from KD only);
+  ``"none"`` (drop robust samples from KD only); ``forget_trap`` (default ``None``: same as ``forget``)
+  replaces ``forget`` once a trap is seen (``trap_window``/``trap_share``), so a stronger forgetting
+  loss can act on trapped teachers without touching a clean teacher's run;
 * ``kd_weight``: ``balanced`` (default; class-balanced KD on the fragile group once a trap is seen,
   ``trap_window``/``trap_share``) or ``uniform`` (plain KD);
 * ``escape`` (our generator-side extension; the paper's ATEsc is student-side only): ``cover``
@@ -131,6 +133,7 @@ class ATEscConfig:
     min_gap: float = 0.5
     min_separation: float = 2.0
     forget: str = "uniform"
+    forget_trap: str | None = None
     forget_cap: float = 2.0
     lam: float = 1.0
     cache: bool = True
@@ -140,12 +143,15 @@ class ATEscConfig:
     trap_share: float = 0.05
     escape: str = "cover"
     escape_weight: float = 10.0
+    trap_bn_scale: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.measure not in ("kl", "flip"):
             raise UsageError(f"atesc: measure must be 'kl' or 'flip', got {self.measure!r}")
         FORGET.get(self.forget)
+        if self.forget_trap is not None:
+            FORGET.get(self.forget_trap)
         ESCAPE.get(self.escape)
         if self.kd_weight not in ("uniform", "balanced"):
             raise UsageError(f"atesc: kd_weight must be 'uniform' or 'balanced', got {self.kd_weight!r}")
@@ -220,7 +226,25 @@ class ATEscHook(Hook):
     def generator_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "generator":
             return None
-        return ESCAPE.get(self.cfg.escape)(ctx, self)
+        loss = ESCAPE.get(self.cfg.escape)(ctx, self)
+        prior = self._bn_prior_change(ctx)
+        if prior is not None:
+            loss = prior if loss is None else loss + prior
+        return loss
+
+    def _bn_prior_change(self, ctx: BatchContext) -> torch.Tensor | None:
+        """Once a trap is seen, ``(trap_bn_scale - 1) * w_bn * L_bn``: the engine's BN prior then counts
+        ``trap_bn_scale`` times its weight. The running BN statistics of an NTL teacher were collected on
+        mixed ID and OOD batches, so the prior itself pulls synthesis into the trap. The engine's config
+        is not touched (a checkpoint stays resumable); nothing changes on a teacher without a trap."""
+        scale = self.cfg.trap_bn_scale
+        if scale == 1.0 or not self.trap_seen:
+            return None
+        weight = ctx.engine.config.active_terms().get("bn")
+        taps = getattr(ctx.engine, "taps", None)
+        if not weight or taps is None or not taps.bn_losses:
+            return None
+        return (scale - 1.0) * weight * torch.stack(taps.bn_losses).sum()
 
     def student_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "student" or ctx.s_logits is None:
@@ -231,6 +255,7 @@ class ATEscHook(Hook):
         robust = sp.robust.to(ctx.x.device)
         self.stats.append({"step": float(ctx.step), "robust_share": sp.share,
                            "threshold": sp.threshold if math.isfinite(sp.threshold) else float("nan")})
+        self.stats[-1]["trap"] = float(self.trap_seen)
         fragile = ~robust
         s, t = ctx.s_logits, ctx.t_logits
         loss = s.sum() * 0.0
@@ -242,7 +267,8 @@ class ATEscHook(Hook):
                 kd = ctx.engine.kd_loss(tf, sf)
             loss = loss + kd * fragile.float().mean()
         if robust.any():
-            loss = loss + cfg.lam * FORGET.get(cfg.forget)(s[robust], t[robust], cfg) * robust.float().mean()
+            forget = cfg.forget_trap if cfg.forget_trap is not None and self.trap_seen else cfg.forget
+            loss = loss + cfg.lam * FORGET.get(forget)(s[robust], t[robust], cfg) * robust.float().mean()
         ctx.extra["atesc_robust_share"] = sp.share
         return loss
 
