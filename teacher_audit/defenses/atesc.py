@@ -133,7 +133,7 @@ class ATEscConfig:
     min_gap: float = 0.5
     min_separation: float = 2.0
     forget: str = "uniform"
-    forget_trap: str | None = None
+    forget_trap: str | None = "uniform_other"
     forget_cap: float = 2.0
     lam: float = 1.0
     cache: bool = True
@@ -143,7 +143,7 @@ class ATEscConfig:
     trap_share: float = 0.05
     escape: str = "cover"
     escape_weight: float = 10.0
-    trap_bn_scale: float = 1.0
+    trap_bn_scale: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
