@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from suite_backdoor import export_onnx  # noqa: E402
 from suite_ntl import header, write_section  # noqa: E402
 
+from teacher_audit.atomic import atomic_write_text  # noqa: E402
 from teacher_audit.zoo.recipe_file import load_recipe_file  # noqa: E402
 
 RECIPES = ROOT / "benchmarks" / "heldout.toml"
@@ -61,7 +62,7 @@ def scan(path: Path, cache: Path) -> dict[str, Any]:
     rc = subprocess.run([sys.executable, "-m", "teacher_audit", "scan", str(path), "--json", str(out), "-q"],
                         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     info = {"rc": rc, "seconds": time.perf_counter() - t0}
-    meta.write_text(json.dumps(info))
+    atomic_write_text(meta, json.dumps(info))
     return dict(json.loads(out.read_text()), _meta=info)
 
 

@@ -275,6 +275,28 @@ def defense_runs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any
     return runs
 
 
+def pct(v: float | None) -> str:
+    """A share as a percentage with one decimal ("–" when missing)."""
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def goal_met(kind: str, id0: float | None, id1: float | None, agree0: float | None,
+             agree1: float | None) -> bool | None:
+    """Issue 6's defense goal for one comparison, DFKD (``*0``) against the defense (``*1``): clean teachers
+    ΔID >= -1 point; NTL teachers ΔID >= +3 points and agreement with the trap's labels at most half of
+    DFKD's. ΔID is rounded to the printed 0.1 point. None when either ID accuracy is missing."""
+    if id0 is None or id1 is None:
+        return None
+    gain = round(100 * (id1 - id0), 1)
+    if kind == "clean":
+        return gain >= -1.0
+    return gain >= 3.0 and agree0 is not None and agree1 is not None and agree1 <= agree0 / 2
+
+
+def met_text(ok: bool | None) -> str:
+    return "–" if ok is None else "met" if ok else "not met"
+
+
 class DefenseBench:
     """One teacher's test data and the measurements of a defended (or plain) DFKD run on it."""
 
@@ -400,21 +422,9 @@ def write_seeds(rows: list[dict[str, Any]], runs: list[tuple[str, str, dict[str,
     """The ``## ATEsc defense, several seeds`` section from the cached runs measured so far."""
     labels = [lab for lab, _, _ in runs if lab != "none"]
 
-    def pct(v: float | None) -> str:
-        return "–" if v is None else f"{100 * v:.1f}"
-
     def mean(vals: list[float | None]) -> float | None:
         vals = [v for v in vals if v is not None]
         return float(np.mean(vals)) if vals else None
-
-    def met(r: dict[str, Any], lab: str) -> bool | None:
-        if r.get("none_id") is None or r.get(f"{lab}_id") is None:
-            return None
-        gain = round(100 * (r[f"{lab}_id"] - r["none_id"]), 1)
-        if r["kind"] == "clean":
-            return gain >= -1.0
-        a0, a1 = r.get("none_agree_ood"), r.get(f"{lab}_agree_ood")
-        return gain >= 3.0 and a0 is not None and a1 is not None and a1 <= a0 / 2
 
     lines = ["| teacher | kind | variant | seeds | student ID (mean) | agree w/ misleading OOD (mean) | "
              "ΔID per seed (pts) | goal met (seeds) | goal on the means |",
@@ -433,18 +443,12 @@ def write_seeds(rows: list[dict[str, Any]], runs: list[tuple[str, str, dict[str,
                 continue
             paired = [r for r in have if r.get("none_id") is not None]
             deltas = ", ".join(f"s{r['seed']} {100 * (r[f'{lab}_id'] - r['none_id']):+.1f}" for r in paired)
-            oks = [met(r, lab) for r in paired]
-            m0 = mean([r["none_id"] for r in paired])
-            a0 = mean([r.get("none_agree_ood") for r in paired])
-            ma = mean([r.get(f"{lab}_agree_ood") for r in paired])
-            mi = mean([r[f"{lab}_id"] for r in paired])
-            if not paired:
-                on_means = "–"
-            elif kind == "clean":
-                on_means = "met" if round(100 * (mi - m0), 1) >= -1.0 else "not met"
-            else:
-                on_means = ("met" if round(100 * (mi - m0), 1) >= 3.0 and ma is not None and a0 is not None
-                            and ma <= a0 / 2 else "not met")
+            oks = [goal_met(kind, r["none_id"], r[f"{lab}_id"], r.get("none_agree_ood"), r.get(f"{lab}_agree_ood"))
+                   for r in paired]
+            on_means = met_text(goal_met(kind, mean([r["none_id"] for r in paired]),
+                                         mean([r[f"{lab}_id"] for r in paired]),
+                                         mean([r.get("none_agree_ood") for r in paired]),
+                                         mean([r.get(f"{lab}_agree_ood") for r in paired])))
             lines.append(f"| {name} | {kind} | {lab} | {','.join(str(r['seed']) for r in have)} | {pct(mid)} | "
                          f"{pct(mag)} | {deltas} | {sum(bool(o) for o in oks)}/{len(oks)} | {on_means} |")
     variants = "; ".join(f"`{lab}` = `{d}` `{o}`" for lab, d, o in runs)
@@ -472,18 +476,9 @@ def write_defense(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """The ``## ATEsc defense`` section from the rows measured so far (plus an ablation table when
     labelled variants were run)."""
 
-    def pct(v: float | None) -> str:
-        return "–" if v is None else f"{100 * v:.1f}"
-
     def goal(r: dict[str, Any]) -> str:
-        if r.get("none_id") is None or r.get("atesc_id") is None:
-            return "–"
-        gain = round(100 * (r["atesc_id"] - r["none_id"]), 1)  # points, as printed
-        if r["kind"] == "clean":
-            return "met" if gain >= -1.0 else "not met"
-        a0, a1 = r.get("none_agree_ood"), r.get("atesc_agree_ood")
-        ok = gain >= 3.0 and a0 is not None and a1 is not None and a1 <= a0 / 2
-        return "met" if ok else "not met"
+        return met_text(goal_met(r["kind"], r.get("none_id"), r.get("atesc_id"), r.get("none_agree_ood"),
+                                 r.get("atesc_agree_ood")))
 
     lines = ["| teacher | kind | teacher ID/OOD | DFKD student ID/OOD | DFKD agree w/ misleading OOD | "
              "ATEsc student ID/OOD | ATEsc agree w/ misleading OOD | ATEsc robust share | ΔID (pts) | goal | "

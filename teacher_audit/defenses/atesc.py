@@ -16,12 +16,15 @@ The paper's code is not public; every choice it leaves open is an option here (d
 * split: a rule learned from the batch (:func:`teacher_audit.attacks.split.robust_split`, ``split``
   ``gmm`` default, ``quantile``, ``otsu``); a unimodal batch (clean teacher) gives no robust group, so
   ATEsc then reduces to plain KD -- never a fixed fraction;
-* forgetting: ``forget="uniform"`` (default: KL(uniform || S), "don't know"), ``"uniform_other"`` (KL(u || S)
-  with u uniform over every class but the teacher's answer: "not that label"; stronger against the trap,
-  but costs clean teachers up to 3 points), ``"neg_kl"`` (bounded ``-min(KL(T || S), forget_cap)``: move away from the teacher),
-  ``"none"`` (drop robust samples from KD only); ``forget_trap`` (default ``None``: same as ``forget``)
-  replaces ``forget`` once a trap is seen (``trap_window``/``trap_share``), so a stronger forgetting
-  loss can act on trapped teachers without touching a clean teacher's run;
+* forgetting: ``forget`` before a trap is seen (default ``"uniform"``: KL(uniform || S), "don't know"),
+  ``forget_trap`` once a trap is seen (``trap_window``/``trap_share``; default ``"uniform_other"``: KL(u || S)
+  with u uniform over every class but the teacher's answer, "not that label"; ``None`` = keep ``forget``).
+  Names: ``uniform``, ``uniform_other``, ``neg_kl`` (bounded ``-min(KL(T || S), forget_cap)``: move away
+  from the teacher), ``none`` (drop robust samples from KD only). ``uniform_other`` on every batch cost clean
+  teachers up to 3 points (stray robust splits), hence its gating on the trap;
+* ``trap_bn_scale`` (default 0.1): once a trap is seen, the engine's BN prior counts this many times its
+  weight (the NTL teacher's BN statistics mix ID and trap batches, so the prior pulls synthesis into the
+  trap); 1 = off;
 * ``kd_weight``: ``balanced`` (default; class-balanced KD on the fragile group once a trap is seen,
   ``trap_window``/``trap_share``) or ``uniform`` (plain KD);
 * ``escape`` (our generator-side extension; the paper's ATEsc is student-side only): ``cover``
@@ -60,7 +63,7 @@ from teacher_audit.defenses.base import DEFENSES
 from teacher_audit.errors import UsageError
 from teacher_audit.registry import Registry
 from teacher_audit.synth.hooks import BatchContext, Hook
-from teacher_audit.synth.losses import kd_per_sample
+from teacher_audit.synth.losses import bn_prior, kd_per_sample
 
 FORGET: Registry[Any] = Registry("ATEsc forgetting loss")
 
@@ -242,9 +245,8 @@ class ATEscHook(Hook):
             return None
         weight = ctx.engine.config.active_terms().get("bn")
         taps = getattr(ctx.engine, "taps", None)
-        if not weight or taps is None or not taps.bn_losses:
-            return None
-        return (scale - 1.0) * weight * torch.stack(taps.bn_losses).sum()
+        prior = bn_prior(taps) if weight and taps is not None else None
+        return None if prior is None else (scale - 1.0) * weight * prior
 
     def student_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "student" or ctx.s_logits is None:
@@ -255,19 +257,20 @@ class ATEscHook(Hook):
         robust = sp.robust.to(ctx.x.device)
         self.stats.append({"step": float(ctx.step), "robust_share": sp.share,
                            "threshold": sp.threshold if math.isfinite(sp.threshold) else float("nan")})
-        self.stats[-1]["trap"] = float(self.trap_seen)
+        trapped = self.trap_seen  # this batch included
+        self.stats[-1]["trap"] = float(trapped)
         fragile = ~robust
         s, t = ctx.s_logits, ctx.t_logits
         loss = s.sum() * 0.0
         if fragile.any():
             tf, sf = t[fragile], s[fragile]
-            if cfg.kd_weight == "balanced" and self.trap_seen:
+            if cfg.kd_weight == "balanced" and trapped:
                 kd = (kd_per_sample(tf, sf, ctx.engine.config.temperature) * class_balanced_weights(tf)).mean()
             else:
                 kd = ctx.engine.kd_loss(tf, sf)
             loss = loss + kd * fragile.float().mean()
         if robust.any():
-            forget = cfg.forget_trap if cfg.forget_trap is not None and self.trap_seen else cfg.forget
+            forget = cfg.forget_trap if cfg.forget_trap is not None and trapped else cfg.forget
             loss = loss + cfg.lam * FORGET.get(forget)(s[robust], t[robust], cfg) * robust.float().mean()
         ctx.extra["atesc_robust_share"] = sp.share
         return loss

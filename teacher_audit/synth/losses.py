@@ -111,11 +111,16 @@ TermFn = Callable[[TermState], "torch.Tensor | None"]
 LOSS_TERMS: Registry[TermFn] = Registry("loss term")
 
 
+def bn_prior(taps: TeacherTaps) -> torch.Tensor | None:
+    """The BN-statistics prior of the teacher forward ``taps`` recorded (None when nothing was recorded)."""
+    if not taps.bn_losses:
+        return None
+    return torch.stack(taps.bn_losses).sum()
+
+
 @LOSS_TERMS.register("bn", needs="bn")
 def bn_term(st: TermState) -> torch.Tensor | None:
-    if not st.taps.bn_losses:
-        return None
-    return torch.stack(st.taps.bn_losses).sum()
+    return bn_prior(st.taps)
 
 
 @LOSS_TERMS.register("oh")
