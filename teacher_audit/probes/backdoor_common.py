@@ -41,6 +41,13 @@ def value_range(teacher: Teacher) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def has_bn_prior(teacher: Teacher, engine: Any = None) -> bool:
+    """True when synthesis can use BatchNorm statistics (the engine says so, else BN modules exist)."""
+    if engine is not None and hasattr(engine, "bn_prior_available"):
+        return bool(engine.bn_prior_available)
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in teacher.model.modules())
+
+
 def uniform_images(teacher: Teacher, n: int, gen: torch.Generator) -> torch.Tensor:
     """``n`` images drawn uniformly from the teacher's raw value range."""
     lo, hi = value_range(teacher)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from teacher_audit.probes.backdoor_common import Clock, synthetic_samples
+from teacher_audit.probes.backdoor_common import Clock, has_bn_prior, synthetic_samples
 from teacher_audit.probes.backdoor_inversion import InversionConfig, InversionProbe
 from teacher_audit.probes.backdoor_margin import MarginConfig, MarginProbe
 from teacher_audit.probes.backdoor_shuffle import ShuffleConfig, ShuffleProbe
@@ -279,13 +279,6 @@ def ntl_details(result: ProbeResult | None, bn_prior: bool = True) -> dict[str, 
     if result is None or result.status != "ok" or not isinstance(result.details, dict):
         return None
     return dict(result.details, flagged=bool(result.flagged), use_pull=bool(bn_prior))
-
-
-def has_bn_prior(teacher: Teacher, engine: Any = None) -> bool:
-    """True when synthesis can use BatchNorm statistics (the engine says so, else BN modules exist)."""
-    if engine is not None and hasattr(engine, "bn_prior_available"):
-        return bool(engine.bn_prior_available)
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in teacher.model.modules())
 
 
 @PROBES.register("backdoor", threat="backdoor", default=True)

@@ -18,7 +18,11 @@ grid, Trojan, and — with a large faint mask — blend/SIG). No BN prior is nee
 Options (``InversionConfig``): ``samples`` synthetic samples (default 96), ``per_target`` samples
 of other classes used per target (8), ``steps`` (60), ``lr`` (0.2), ``flip_goal`` (0.8),
 ``lambda0`` (initial mask weight, 3.0), ``mask_init`` (initial mask logit, -4), ``synth_steps`` generator steps before sampling,
-``limit_seconds``, ``seed``.
+``limit_seconds``, ``seed``; ``adv_eps`` / ``adv_steps`` (default 0 = off): *robust* inversion -- each
+stamped sample must keep the target under an ``adv_steps``-step L-inf PGD of radius ``adv_eps``
+(fraction of the value range) that tries to move it off the target. The backdoor probe leaves it off;
+the NTL probe uses it on teachers without a BN prior (an NTL trap domain is robust, a trigger found
+on fragile synthetic samples need not be; docs/ntl.md).
 
 Output: ``score`` = anomaly index (median - min)/(1.4826 MAD) of the log10 per-class norms (Neural
 Cleanse flags > 2 on the linear norms; log space because norms on synthetic samples span decades), ``target_class`` = argmin norm; details: per-class norms and flip rates;
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from teacher_audit.attacks.pgd import pgd
 from teacher_audit.probes.backdoor_common import Clock, png_evidence, robust_z, synthetic_samples, value_range
 from teacher_audit.probes.base import PROBES, Probe
 from teacher_audit.report.model import Budget, ProbeResult
@@ -56,6 +61,8 @@ class InversionConfig:
     threshold: float = 2.0
     limit_seconds: float | None = 60.0
     seed: int = 0
+    adv_eps: float = 0.0
+    adv_steps: int = 0
 
 
 @dataclass
@@ -110,7 +117,14 @@ def invert_triggers(teacher: Teacher, x: torch.Tensor, cfg: InversionConfig, clo
         p = lo + (hi - lo) * torch.sigmoid(p_raw)
         mm = m.repeat_interleave(cfg.per_target, 0)
         pp = p.repeat_interleave(cfg.per_target, 0)
-        logits = teacher.model((1 - mm) * xs + mm * pp)
+        stamped = (1 - mm) * xs + mm * pp
+        if cfg.adv_steps > 0 and cfg.adv_eps > 0:
+            # the perturbation is a constant of this step: gradients reach mask and pattern through ``stamped``
+            r = pgd(teacher.model, stamped.detach(), cfg.adv_eps, steps=cfg.adv_steps, labels=tgt,
+                    value_range=(lo, hi), generator=g)
+            clock.passes += r.passes
+            stamped = (stamped + (r.x_adv - stamped).detach()).clamp(lo, hi)
+        logits = teacher.model(stamped)
         clock.passes += xs.shape[0]
         ce = F.cross_entropy(logits, tgt, reduction="none").view(k, -1).mean(1)
         norm = m.view(k, -1).mean(1)

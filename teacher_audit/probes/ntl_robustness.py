@@ -22,6 +22,13 @@ Method:
 4. score (see :func:`ntl_score`): the trap's pull on synthesis (class collapse of the synthetic
    samples) plus the collapsed robust tail, against a threshold calibrated on clean zoo teachers
    only (several probe seeds each; docs/ntl.md).
+5. without a BatchNorm prior (BN-folded ONNX exports, BN-free networks) synthesis is not drawn into
+   the trap, so the pull is left out of the score and a **robust trap inversion** runs instead: per
+   class, the smallest mask + pattern whose stamp keeps the other classes' samples in that class under
+   an 8/255 PGD (:func:`teacher_audit.probes.backdoor_inversion.invert_triggers` with ``adv_steps``);
+   an NTL trap domain is a transformation the teacher answers robustly, so its class needs a mask
+   decades smaller than the median class (``trap_inversion_gap``, own threshold calibrated on clean
+   BN-free teachers; put on the score's scale so that it lands on the probe threshold).
 
 Options (``NTLConfig``) with defaults: profile budget (``ProfileConfig``: the profile's own ``fast``
 engine seeded with the probe seed, 256 ``synthesize`` + 128 short-DFKD samples, 192 of them
@@ -39,6 +46,7 @@ points to the backdoor probes.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +54,8 @@ import numpy as np
 
 from teacher_audit.attacks.profile import Profile, ProfileConfig, profile_teacher
 from teacher_audit.attacks.split import robust_split
+from teacher_audit.probes.backdoor_common import Clock, has_bn_prior, png_evidence
+from teacher_audit.probes.backdoor_inversion import InversionConfig, invert_triggers
 from teacher_audit.probes.base import PROBES, Probe
 from teacher_audit.report.model import Budget, Evidence, ProbeResult
 from teacher_audit.severity import Severity
@@ -55,6 +65,22 @@ from teacher_audit.teacher import Teacher
 #: of 12 runs (6 clean zoo-v2 teachers, smallcnn and LeNet-5, 2 probe seeds each) 0.175 x 1.25, rounded
 #: up to 0.01 (docs/ntl.md, docs/benchmarks.md "## NTL detection").
 DEFAULT_THRESHOLD = 0.22
+
+#: Default threshold on the robust trap inversion's gap (decades between the median class's smallest robust
+#: mask and the smallest one), calibrated like ``DEFAULT_THRESHOLD`` on clean teachers without a BN prior
+#: only: largest of 12 runs (3 BN-folded smallcnn exports, 3 LeNet-5, 2 probe seeds each) 0.357 x 1.25,
+#: rounded up to 0.05 (docs/ntl.md).
+DEFAULT_INVERSION_THRESHOLD = 0.45
+
+#: When the robust trap inversion runs: only on teachers whose synthesis has no BatchNorm prior (the pull
+#: needs it), on every teacher, or never.
+TRAP_INVERSION_MODES = ("no_bn", "always", "never")
+
+
+def trap_inversion_config() -> InversionConfig:
+    """Default robust inversion of the NTL probe: 60 steps, stamped samples must survive a 2-step
+    8/255 PGD (about 15,000 teacher passes on 96 samples... see docs/ntl.md)."""
+    return InversionConfig(steps=60, adv_eps=8 / 255, adv_steps=2, limit_seconds=None)
 
 
 @dataclass
@@ -68,6 +94,10 @@ class NTLConfig:
         threshold: decision threshold on the score.
         seed: PGD random starts.
         evidence: attach PNG evidence (histogram, sample grids).
+        trap_inversion: when to run the robust trap inversion (``TRAP_INVERSION_MODES``; default
+            ``no_bn``: only when synthesis has no BatchNorm prior, e.g. BN-folded ONNX exports).
+        inversion: its budget (a robust mask + pattern inversion on the profiled samples).
+        inversion_threshold: decision threshold on ``trap_inversion_gap`` (decades).
     """
 
     profile: ProfileConfig = field(default_factory=ProfileConfig)
@@ -76,6 +106,9 @@ class NTLConfig:
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
     evidence: bool = True
+    trap_inversion: str = "no_bn"
+    inversion: InversionConfig = field(default_factory=trap_inversion_config)
+    inversion_threshold: float = DEFAULT_INVERSION_THRESHOLD
 
 
 def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) -> dict[str, Any]:
@@ -158,7 +191,7 @@ def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) ->
     }
 
 
-def ntl_score(f: dict[str, Any]) -> float:
+def ntl_score(f: dict[str, Any], use_pull: bool = True) -> float:
     """Fuse the features into one score in [0, 1] (higher = more NTL-like). See docs/ntl.md.
 
     ``score = min(1, pull_excess + collapsed_tail_share)``:
@@ -175,9 +208,29 @@ def ntl_score(f: dict[str, Any]) -> float:
       trap class.
 
     Confidence / entropy of robust vs fragile samples and the DFKD growth are reported, not fused.
+
+    ``use_pull=False`` leaves the pull out: without the teacher's BatchNorm prior synthesis is not drawn
+    into the trap, and the class share then reflects the generator more than the teacher (BN-folded clean
+    exports pulled up to 29 % into one class, as much as some NTL exports); the probe passes
+    ``use_pull=False`` when synthesis had no BN prior and relies on the robust trap inversion instead.
     """
     tail = max(f["collapsed_tail_share"], f.get("collapsed_mode_share", 0.0))
-    return float(min(1.0, f.get("pull_excess", 0.0) + tail))
+    return float(min(1.0, (f.get("pull_excess", 0.0) if use_pull else 0.0) + tail))
+
+
+def inversion_features(norms: np.ndarray) -> dict[str, Any]:
+    """Features of the robust trap inversion: per class, the smallest mask (share of the image) whose
+    stamp keeps samples of the other classes in that class under PGD (1.0 = never reached).
+
+    ``trap_inversion_gap`` is how many decades the smallest mask lies below the median class's; an NTL
+    trap domain is reached with a small stamp and is robust, so its class stands out, and the teacher's
+    other classes often cannot be reached robustly at all.
+    """
+    lg = np.log10(np.clip(norms, 1e-4, 1.0))
+    top = int(np.argmin(norms))
+    return {"trap_inversion_class": top, "trap_inversion_gap": float(np.median(lg) - lg[top]),
+            "trap_inversion_norms": [float(v) for v in norms],
+            "trap_inversion_unreachable": int((norms >= 1.0).sum())}
 
 
 def _evidence(prof: Profile, f: dict[str, Any], thr_log10: float | None,
@@ -212,31 +265,61 @@ class NTLRobustnessProbe(Probe):
 
     def run(self, teacher: Teacher, engine: Any) -> ProbeResult:
         cfg: NTLConfig = self.config
+        t0 = time.perf_counter()
+        if cfg.trap_inversion not in TRAP_INVERSION_MODES:
+            raise ValueError(f"trap_inversion must be one of {TRAP_INVERSION_MODES}, got {cfg.trap_inversion!r}")
         prof = profile_teacher(teacher, engine, cfg.profile, seed=cfg.seed)
         f = features(prof, cfg.tail_gap, cfg.robust_floor)
-        score = ntl_score(f)
-        flagged = score >= cfg.threshold
-        notes = list(prof.notes)
+        bn_prior = has_bn_prior(teacher, engine)
+        f["synthesis_bn_prior"] = bn_prior
+        inv_passes, inv = 0, None
+        if cfg.trap_inversion == "always" or (cfg.trap_inversion == "no_bn" and not bn_prior):
+            clock = Clock(cfg.inversion.limit_seconds)
+            inv = invert_triggers(teacher, prof.x.to(teacher.device), cfg.inversion, clock)
+            f.update(inversion_features(inv.norms))
+            inv_passes = clock.passes
+        score = ntl_score(f, use_pull=bn_prior)
+        trap_cls = f["pull_class"] if bn_prior else f["collapse_class"]
         msg = (f"synthesis pulled {100 * f['pull_share']:.0f}% of {f['n_pull_samples']} samples into class "
                f"{f['pull_class']}; {100 * f['collapsed_tail_share']:.1f}% are > {cfg.tail_gap:g} decades more "
                f"robust than the median (flip radius {f['median_eps255']:.2f}/255) and in robust class "
-               f"{f['collapse_class']}; score {score:.3f} vs threshold {cfg.threshold:.3f}")
+               f"{f['collapse_class']}; {'pull/tail' if bn_prior else 'tail (no BN prior: pull not scored)'} score "
+               f"{score:.3f} vs threshold {cfg.threshold:.3f}")
+        if "trap_inversion_gap" in f:
+            # on the score's scale: the inversion's own calibrated threshold lands on the probe's threshold
+            inv_score = float(min(1.0, cfg.threshold * f["trap_inversion_gap"] / cfg.inversion_threshold))
+            f["trap_inversion_score"] = inv_score
+            msg += (f"; robust trap inversion: class {f['trap_inversion_class']} is kept under {cfg.inversion.adv_eps * 255:g}/255 "
+                    f"PGD by a mask {f['trap_inversion_gap']:.2f} decades smaller than the median class's "
+                    f"({f['trap_inversion_unreachable']} classes never reached; threshold {cfg.inversion_threshold:g})")
+            if inv_score > score:
+                score, trap_cls = inv_score, f["trap_inversion_class"]
+        flagged = score >= cfg.threshold
+        notes = list(prof.notes)
         if flagged:
-            notes.append(f"synthesis collapses to class {f['pull_class']}: a backdoor trigger pulls synthesis "
-                         "to its target class the same way (measured on the zoo's backdoored teachers) -- read "
-                         "the backdoor probes' result before concluding NTL rather than backdoor")
+            notes.append(f"suspected trap class {trap_cls}: a backdoor trigger pulls synthesis (and a global trigger "
+                         "such as Blend survives the robust inversion) the same way (measured on the zoo's backdoored "
+                         "teachers) -- read the backdoor probes' result before concluding NTL rather than backdoor")
         summary = ("NTL trap suspected: " if flagged else "no NTL trap pattern: ") + msg
         if notes:
             summary += "; " + "; ".join(notes)
         vr = (float(teacher.spec.value_range[0]), float(teacher.spec.value_range[1]))
         ev = _evidence(prof, f, f["split_threshold_log10"], vr) if cfg.evidence else []
+        if inv is not None and cfg.evidence:
+            c = f["trap_inversion_class"]
+            ev += [e for e in (
+                png_evidence("trap_inversion", f"robust trap inversion: mask x pattern of class {c}",
+                             (inv.masks[c] * inv.patterns[c]).unsqueeze(0).cpu(), "trigger"),
+                png_evidence("trap_inversion_stamped", f"profiled samples with the class-{c} stamp",
+                             ((1 - inv.masks[c]) * prof.x[:16].to(inv.masks.device) + inv.masks[c] * inv.patterns[c]).cpu()),
+            ) if e is not None]
         ev.append(Evidence(name="ntl_features", kind="values", caption="robustness-profile features",
                            values={k: v for k, v in f.items() if not isinstance(v, list)}))
         return ProbeResult(
             probe=self.name, threat="ntl", status="ok", score=score, threshold=cfg.threshold, flagged=flagged,
             severity=Severity.HIGH if flagged else Severity.INFO, summary=summary,
-            target_class=f["pull_class"] if flagged else None,
+            target_class=trap_cls if flagged else None,
             details={**f, "notes": notes, "profile": {"eps_max_255": cfg.profile.eps_max * 255,
                                                        "bisection_steps": cfg.profile.bisection_steps,
                                                        "pgd_steps": cfg.profile.pgd_steps}},
-            evidence=ev, budget=Budget(teacher_passes=prof.passes, seconds=round(prof.seconds, 2)), seed=cfg.seed)
+            evidence=ev, budget=Budget(teacher_passes=prof.passes + inv_passes, seconds=round(time.perf_counter() - t0, 2)), seed=cfg.seed)
