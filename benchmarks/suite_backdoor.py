@@ -57,7 +57,7 @@ from teacher_audit.probes.backdoor_common import robust_z  # noqa: E402
 from teacher_audit.report.model import ProbeResult  # noqa: E402
 
 POSITIVE = {"backdoor", "clean_label", "ntl_backdoor"}
-COMPONENTS = ("backdoor_margin", "backdoor_inversion", "backdoor_shuffle", "consensus", "pull")
+COMPONENTS = ("backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion", "backdoor_shuffle", "consensus", "pull")
 
 
 def bench_config() -> FusedConfig:
@@ -68,7 +68,7 @@ def bench_config() -> FusedConfig:
     would depend on the machine's load; on an idle machine the caps are not reached for a smallcnn.
     """
     cfg = FusedConfig()
-    for sub in (cfg.margin, cfg.inversion, cfg.shuffle):
+    for sub in (cfg.margin, cfg.inversion, cfg.robust, cfg.shuffle):
         if hasattr(sub, "limit_seconds"):
             sub.limit_seconds = None
     return cfg
@@ -191,7 +191,7 @@ def with_consensus(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-FUSED = ("backdoor_margin", "backdoor_inversion", "consensus", "pull")
+FUSED = ("backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion", "consensus", "pull")
 """Components that enter the fused score. ``backdoor_shuffle`` still runs and is reported, but its
 agreement score did not separate on the zoo (AUROC ~0.5; a BN-folded ONNX export of a clean teacher
 scored like a backdoor), so it is left out of the fusion."""
@@ -324,13 +324,13 @@ def markdown(ev: dict[str, Any], cmd: str) -> str:
               f"{ev['seconds_median']:.1f} |", "",
               "Per teacher (seed 0): component scores as fused (z-scored against the clean runs; `lead` = the "
               "component with the largest z).", "",
-              "| teacher | kind | trigger | target | fused z | suspected | lead | margin | inversion | consensus | pull "
-              "| NTL trap class (left out) | shuffle (not fused) | s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| teacher | kind | trigger | target | fused z | suspected | lead | margin | inversion | robust inversion "
+              "| consensus | pull | NTL trap class (left out) | shuffle (not fused) | s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ev["per_teacher"]:
         lines.append(f"| {r['name']} | {r['kind']} | {r['trigger'] or ''} | {r['target'] if r['target'] is not None else ''} "
                      f"| {r['fused']} | {r['suspected']} | {r['lead'] or ''} | {r.get('margin')} | {r.get('inversion')} | "
-                     f"{r.get('consensus')} | {r.get('pull')} | {','.join(map(str, r['traps']))} | {r.get('shuffle')} | "
+                     f"{r.get('robust_inversion')} | {r.get('consensus')} | {r.get('pull')} | {','.join(map(str, r['traps']))} | {r.get('shuffle')} | "
                      f"{r['seconds']} |")
     if ev.get("onnx"):
         lines += ["", "BN-folded ONNX exports (`torch.onnx.export`, constant folding; not in the AUROC above), scored "

@@ -97,7 +97,8 @@ def test_fused_probe_flags_backdoor_not_clean(pair):
     # consensus of margin and inversion is what must separate here.
     assert rb.details["consensus"]["target_class"] == TARGET
     assert rb.details["consensus"]["score"] > rc.details["consensus"]["score"]
-    assert set(rb.details["components"]) == {"backdoor_margin", "backdoor_inversion", "backdoor_shuffle"}
+    assert set(rb.details["components"]) == {"backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion",
+                                             "backdoor_shuffle"}
     assert rb.budget.teacher_passes > 0
 
 
@@ -163,3 +164,32 @@ def test_scan_second_pass_refuses_backdoor_with_ntl():
     assert out[1] is ntl
     assert out[0].details["trap_classes"] == [3] and out[0].details["ntl_used"]
     assert out[0].score < own.score
+
+
+@pytest.fixture(scope="module")
+def blend_pair():
+    from teacher_audit.zoo.tiny import train_tiny
+
+    bd, clean = train_tiny("backdoor", trigger={"name": "blend"}, target=TARGET, steps=200, poison_ratio=0.3,
+                           return_clean=True)
+    assert bd.meta["ground_truth"]["asr"] > 0.7
+    return bd, clean
+
+
+def test_robust_inversion_finds_a_global_trigger(blend_pair):
+    """A faint whole-image Blend trigger is answered robustly: a small stamp keeps the other classes'
+    samples in the target under PGD; the clean twin has no class that stands out."""
+    from teacher_audit.probes.backdoor_inversion import RobustInversionConfig, RobustInversionProbe, mask_gap
+
+    bd, clean = blend_pair
+    cfg = RobustInversionConfig(limit_seconds=None)
+    rb = RobustInversionProbe(cfg).run(bd, _engine(bd))
+    rc = RobustInversionProbe(cfg).run(clean, _engine(clean))
+    assert rb.status == rc.status == "ok"
+    assert rb.target_class == TARGET
+    assert rb.score == pytest.approx(mask_gap(rb.details["mask_norms"]))
+    assert rb.score > rc.score + 0.2
+    # the PGD passes are counted: more than a plain inversion's 60 steps x 80 stamped samples
+    assert rb.budget.teacher_passes > 3 * 60 * 80
+    assert PROBES.get("backdoor_robust_inversion") is RobustInversionProbe
+    assert "backdoor_robust_inversion" in FusedConfig().components

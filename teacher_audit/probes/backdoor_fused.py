@@ -1,8 +1,9 @@
 """Fused backdoor probe: the one ``scan`` runs by default for the backdoor threat.
 
 Runs the component probes on one shared budget — max-margin (MM-BD, Wang et al. S&P 2024), trigger
-inversion on synthetic samples (Neural Cleanse style) and shuffle agreement (ABD suspect model,
-Hong et al. ICML 2023) — and fuses their scores.
+inversion on synthetic samples (Neural Cleanse style), the same inversion with stamped samples that must
+survive PGD (robust inversion: global triggers such as Blend and SIG) and shuffle agreement (ABD suspect
+model, Hong et al. ICML 2023) — and fuses their scores.
 
 Fusion (documented in docs/backdoor.md): every component score s_i — the run components, the
 per-class ``consensus`` of margin and inversion (:func:`consensus`) and, when ``scan`` also ran the
@@ -18,7 +19,8 @@ threshold is a measured operating point, not a guaranteed false-positive rate; r
 
 Threat assumption: all-to-one backdoor; any architecture; no data; no BN prior.
 
-Options (``FusedConfig``): one config per component (``margin``, ``inversion``, ``shuffle``), the
+Options (``FusedConfig``): one config per component (``margin``, ``inversion``, ``robust`` -- the robust
+inversion, ``shuffle``), the
 shared synthetic sample count ``samples`` and generator steps ``synth_steps``, ``components`` to
 run, ``threshold`` (None = calibrated default), ``calibration`` (None = built-in constants),
 ``budget_seconds`` (overall cap set by ``scan``; shared out over the remaining components, each
@@ -39,7 +41,8 @@ import numpy as np
 import torch
 
 from teacher_audit.probes.backdoor_common import Clock, has_bn_prior, synthetic_samples
-from teacher_audit.probes.backdoor_inversion import InversionConfig, InversionProbe
+from teacher_audit.probes.backdoor_inversion import (InversionConfig, InversionProbe, RobustInversionConfig,
+                                                     RobustInversionProbe)
 from teacher_audit.probes.backdoor_margin import MarginConfig, MarginProbe
 from teacher_audit.probes.backdoor_shuffle import ShuffleConfig, ShuffleProbe
 from teacher_audit.probes.base import PROBES, Probe
@@ -60,6 +63,10 @@ CALIBRATION: dict[str, Any] = {
             "mean": 1.6415,
             "sd": 0.742
         },
+        "backdoor_robust_inversion": {
+            "mean": 0.1117,
+            "sd": 0.1
+        },
         "consensus": {
             "mean": 4.1086,
             "sd": 1.7099
@@ -73,11 +80,11 @@ CALIBRATION: dict[str, Any] = {
     "margin": 0.5,
     "n_clean": 6,
     "n_clean_runs": 12,
-    "source": "benchmarks/suite_backdoor.py --calibrate on 6 clean zoo teachers x 2 probe seeds, 2026-11-22"
+    "source": "benchmarks/suite_backdoor.py --calibrate on 6 clean zoo teachers x 2 probe seeds, 2026-11-23"
 }
 
 _COMPONENTS = {"backdoor_margin": MarginProbe, "backdoor_inversion": InversionProbe,
-               "backdoor_shuffle": ShuffleProbe}
+               "backdoor_robust_inversion": RobustInversionProbe, "backdoor_shuffle": ShuffleProbe}
 
 
 @dataclass
@@ -86,8 +93,10 @@ class FusedConfig:
 
     margin: MarginConfig = field(default_factory=MarginConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
+    robust: RobustInversionConfig = field(default_factory=RobustInversionConfig)
     shuffle: ShuffleConfig = field(default_factory=ShuffleConfig)
-    components: tuple[str, ...] = ("backdoor_margin", "backdoor_inversion", "backdoor_shuffle")
+    components: tuple[str, ...] = ("backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion",
+                                   "backdoor_shuffle")
     samples: int = 96
     synth_steps: int | None = None
     threshold: float | None = None
@@ -292,14 +301,15 @@ class FusedBackdoorProbe(Probe):
     def run(self, teacher: Teacher, engine: Any = None) -> ProbeResult:
         cfg: FusedConfig = self.config
         clock = Clock(None)
-        need_samples = any(c in cfg.components for c in ("backdoor_inversion", "backdoor_shuffle"))
+        need_samples = any(c in cfg.components for c in ("backdoor_inversion", "backdoor_robust_inversion",
+                                                          "backdoor_shuffle"))
         x, source = (synthetic_samples(teacher, engine, cfg.samples, cfg.synth_steps, cfg.seed, clock)
                      if need_samples else (None, "none"))
         results: dict[str, ProbeResult] = {}
         for i, name in enumerate(cfg.components):
             probe_cls = _COMPONENTS[name]
             sub = copy.copy({"backdoor_margin": cfg.margin, "backdoor_inversion": cfg.inversion,
-                             "backdoor_shuffle": cfg.shuffle}[name])
+                             "backdoor_robust_inversion": cfg.robust, "backdoor_shuffle": cfg.shuffle}[name])
             sub.seed = cfg.seed
             if cfg.budget_seconds is not None:
                 share = max(0.5, (cfg.budget_seconds - clock.seconds) / (len(cfg.components) - i))

@@ -76,6 +76,23 @@ class Inverted:
     steps: int
 
 
+def mask_gap(norms: np.ndarray) -> float:
+    """Decades between the median class's mask and the smallest one: log10(median / min) of the per-class
+    norms (1.0 = never reached counts as the whole image). Unlike the anomaly index it does not divide by
+    the spread, which on a robust inversion collapses when most classes are never reached."""
+    lg = np.log10(np.clip(np.asarray(norms, dtype=float), 1e-4, 1.0))
+    return float(np.median(lg) - lg.min())
+
+
+@dataclass
+class RobustInversionConfig(InversionConfig):
+    """The robust variant's defaults: stamped samples must survive a 2-step 8/255 PGD (60 steps)."""
+
+    adv_eps: float = 8 / 255
+    adv_steps: int = 2
+    threshold: float = 0.45
+
+
 def pick_per_target(labels: torch.Tensor, k: int, n: int, gen: torch.Generator) -> torch.Tensor:
     """Index matrix (k x n): for each target, n samples whose label differs from it (with replacement
     when too few)."""
@@ -157,6 +174,10 @@ class InversionProbe(Probe):
     threat = "backdoor"
     Config = InversionConfig
 
+    def statistic(self, norms: np.ndarray, tgt: int) -> float:
+        """Anomaly index (median - min) / (1.4826 MAD) of the log10 norms (Neural Cleanse, log space)."""
+        return robust_z(np.log10(np.clip(norms, 1e-4, 1.0)), tgt, low_is_anomalous=True, min_mad=0.1)
+
     def run(self, teacher: Teacher, engine: Any = None, samples: torch.Tensor | None = None) -> ProbeResult:
         """Run on ``samples`` when given (the fused probe shares one synthetic batch), else synthesize."""
         cfg: InversionConfig = self.config
@@ -168,7 +189,7 @@ class InversionProbe(Probe):
         inv = invert_triggers(teacher, x, cfg, clock)
         self.last_inverted = inv
         tgt = int(np.argmin(inv.norms))
-        score = robust_z(np.log10(np.clip(inv.norms, 1e-4, 1.0)), tgt, low_is_anomalous=True, min_mad=0.1)
+        score = self.statistic(inv.norms, tgt)
         flagged = score > cfg.threshold
         trig = inv.masks[tgt] * inv.patterns[tgt]
         stamped = (1 - inv.masks[tgt]) * x[:16] + inv.masks[tgt] * inv.patterns[tgt]
@@ -187,3 +208,20 @@ class InversionProbe(Probe):
             budget=Budget(teacher_passes=clock.passes, seconds=clock.seconds, limit_seconds=cfg.limit_seconds),
             seed=cfg.seed,
         )
+
+
+@PROBES.register("backdoor_robust_inversion", threat="backdoor", default=False, component_of="backdoor_fused")
+class RobustInversionProbe(InversionProbe):
+    """Trigger inversion in which the stamped samples must keep the target under PGD (``adv_eps``/``adv_steps``).
+
+    A global trigger (Blend, SIG) is answered robustly by a backdoored teacher, so a small stamp of it
+    keeps samples in the target class under attack, while a clean teacher's classes need large stamps,
+    all alike (docs/backdoor.md). Score: :func:`mask_gap` in decades; its own threshold 0.45 is the
+    NTL probe's calibrated value (docs/ntl.md) and only nominal here -- the fused probe z-scores it.
+    """
+
+    name = "backdoor_robust_inversion"
+    Config = RobustInversionConfig
+
+    def statistic(self, norms: np.ndarray, tgt: int) -> float:
+        return mask_gap(norms)

@@ -55,7 +55,7 @@ import numpy as np
 from teacher_audit.attacks.profile import Profile, ProfileConfig, profile_teacher
 from teacher_audit.attacks.split import robust_split
 from teacher_audit.probes.backdoor_common import Clock, has_bn_prior, png_evidence
-from teacher_audit.probes.backdoor_inversion import InversionConfig, invert_triggers
+from teacher_audit.probes.backdoor_inversion import RobustInversionConfig, invert_triggers, mask_gap
 from teacher_audit.probes.base import PROBES, Probe
 from teacher_audit.report.model import Budget, Evidence, ProbeResult
 from teacher_audit.severity import Severity
@@ -77,10 +77,10 @@ DEFAULT_INVERSION_THRESHOLD = 0.45
 TRAP_INVERSION_MODES = ("no_bn", "always", "never")
 
 
-def trap_inversion_config() -> InversionConfig:
-    """Default robust inversion of the NTL probe: 60 steps, stamped samples must survive a 2-step
-    8/255 PGD (about 15,000 teacher passes on 96 samples... see docs/ntl.md)."""
-    return InversionConfig(steps=60, adv_eps=8 / 255, adv_steps=2, limit_seconds=None)
+def trap_inversion_config() -> RobustInversionConfig:
+    """Default robust inversion of the NTL probe: 60 steps, 8 samples per class, stamped samples must
+    survive a 2-step 8/255 PGD (about 20,000 teacher passes; docs/ntl.md); no wall-clock cap."""
+    return RobustInversionConfig(limit_seconds=None)
 
 
 @dataclass
@@ -107,7 +107,7 @@ class NTLConfig:
     seed: int = 0
     evidence: bool = True
     trap_inversion: str = "no_bn"
-    inversion: InversionConfig = field(default_factory=trap_inversion_config)
+    inversion: RobustInversionConfig = field(default_factory=trap_inversion_config)
     inversion_threshold: float = DEFAULT_INVERSION_THRESHOLD
 
 
@@ -226,9 +226,8 @@ def inversion_features(norms: np.ndarray) -> dict[str, Any]:
     trap domain is reached with a small stamp and is robust, so its class stands out, and the teacher's
     other classes often cannot be reached robustly at all.
     """
-    lg = np.log10(np.clip(norms, 1e-4, 1.0))
     top = int(np.argmin(norms))
-    return {"trap_inversion_class": top, "trap_inversion_gap": float(np.median(lg) - lg[top]),
+    return {"trap_inversion_class": top, "trap_inversion_gap": mask_gap(norms),
             "trap_inversion_norms": [float(v) for v in norms],
             "trap_inversion_unreachable": int((norms >= 1.0).sum())}
 
