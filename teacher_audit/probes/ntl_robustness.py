@@ -288,9 +288,12 @@ class NTLRobustnessProbe(Probe):
             # on the score's scale: the inversion's own calibrated threshold lands on the probe's threshold
             inv_score = float(min(1.0, cfg.threshold * f["trap_inversion_gap"] / cfg.inversion_threshold))
             f["trap_inversion_score"] = inv_score
-            msg += (f"; robust trap inversion: class {f['trap_inversion_class']} is kept under {cfg.inversion.adv_eps * 255:g}/255 "
-                    f"PGD by a mask {f['trap_inversion_gap']:.2f} decades smaller than the median class's "
-                    f"({f['trap_inversion_unreachable']} classes never reached; threshold {cfg.inversion_threshold:g})")
+            inv_msg = (f"robust trap inversion: class {f['trap_inversion_class']} is kept under "
+                       f"{cfg.inversion.adv_eps * 255:g}/255 PGD by a mask {f['trap_inversion_gap']:.2f} decades smaller "
+                       f"than the median class's ({f['trap_inversion_unreachable']} classes never reached; threshold "
+                       f"{cfg.inversion_threshold:g})")
+            # without a BN prior the inversion is the deciding signal: say it first
+            msg = f"{inv_msg}; {msg}" if not bn_prior else f"{msg}; {inv_msg}"
             if inv_score > score:
                 score, trap_cls = inv_score, f["trap_inversion_class"]
         flagged = score >= cfg.threshold
