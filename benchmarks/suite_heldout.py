@@ -127,7 +127,8 @@ def main() -> None:
     if args.write_docs:
         body = (header(" ".join(["python benchmarks/suite_heldout.py"] + sys.argv[1:])) +
                 "\nTeachers built from `benchmarks/heldout.toml` after the probes' thresholds were fixed; none of them "
-                "was used to tune or calibrate anything. 'right' = backdoored: flagged with the true target; NTL: "
+                "was used to calibrate a threshold (the reading below says which were looked at while a later rule was "
+                "designed). 'right' = backdoored: flagged with the true target; NTL: "
                 "the NTL probe flags it. Default policy, budgets and preset (`dfq`); thresholds: backdoor fused z "
                 "3.33, NTL 0.22.\n\n" + "\n".join(lines))
         if args.notes:
