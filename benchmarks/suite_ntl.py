@@ -204,9 +204,10 @@ def suite_detect(args: argparse.Namespace) -> None:
     write_detect(rows, args)
 
 
-def calibrate(clean_scores: list[float], margin: float = 1.25) -> float:
-    """Default-threshold rule (clean teachers only): largest clean score x ``margin``, rounded up to 0.01."""
-    return math.ceil(100 * margin * max(clean_scores)) / 100 if clean_scores else float("nan")
+def calibrate(clean_scores: list[float], margin: float = 1.25, per_unit: int = 100) -> float:
+    """Default-threshold rule (clean teachers only): largest clean score x ``margin``, rounded up to
+    ``1 / per_unit`` (0.01 by default)."""
+    return math.ceil(per_unit * margin * max(clean_scores)) / per_unit if clean_scores else float("nan")
 
 
 def write_detect(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:

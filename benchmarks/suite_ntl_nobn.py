@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from suite_ntl import auroc, header, write_section  # noqa: E402
+from suite_ntl import auroc, calibrate, header, kind_of, write_section  # noqa: E402
 
 TITLE = "NTL detection without a BN prior"
 
@@ -40,10 +39,6 @@ TITLE = "NTL detection without a BN prior"
 def card_of(path: Path) -> dict[str, Any]:
     p = Path(str(path) + ".card.json")
     return json.loads(p.read_text()) if p.exists() else {}
-
-
-def kind_of(card: dict[str, Any]) -> str:
-    return str((card.get("ground_truth") or {}).get("kind", "clean"))
 
 
 def run_one(path: Path, seed: int) -> dict[str, Any]:
@@ -65,11 +60,6 @@ def run_one(path: Path, seed: int) -> dict[str, Any]:
             "unreachable": d.get("trap_inversion_unreachable"), "norms": d.get("trap_inversion_norms"),
             "inv_score": d.get("trap_inversion_score"), "passes": res.budget.teacher_passes,
             "cpu_seconds": time.process_time() - c0, "seconds": time.perf_counter() - t0}
-
-
-def calibrate(values: list[float], margin: float = 1.25, step: float = 0.05) -> float:
-    """Clean teachers only: largest clean gap x ``margin``, rounded up to ``step``."""
-    return math.ceil(margin * max(values) / step - 1e-9) * step if values else float("nan")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -99,7 +89,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| metric | value |", "|---|---|",
         f"| clean runs (teachers x probe seeds) | {len(clean_gaps)} ({n_clean} teachers) |",
-        f"| clean inversion gap: max / rule max x 1.25 rounded up to 0.05 | {max(clean_gaps):.3f} / {calibrate(clean_gaps):.2f} "
+        f"| clean inversion gap: max / rule max x 1.25 rounded up to 0.05 | {max(clean_gaps):.3f} / {calibrate(clean_gaps, per_unit=20):.2f} "
         f"(`DEFAULT_INVERSION_THRESHOLD` = {DEFAULT_INVERSION_THRESHOLD}) |",
         f"| AUROC NTL vs clean: inversion gap / probe score (per teacher, mean over seeds) | "
         f"{auroc(mean_by_file(ntl, 'gap'), mean_by_file(clean, 'gap')):.3f} / "

@@ -84,6 +84,16 @@ def mask_gap(norms: np.ndarray) -> float:
     return float(np.median(lg) - lg.min())
 
 
+def trigger_evidence(inv: Inverted, c: int, x: torch.Tensor, trigger: tuple[str, str],
+                     stamped: tuple[str, str]) -> list[Any]:
+    """Two PNG evidence items for class ``c`` of ``inv``: its mask x pattern, and the first 16 samples of
+    ``x`` with it stamped; ``trigger`` / ``stamped`` are (name, caption)."""
+    m, p = inv.masks[c], inv.patterns[c]
+    ev = [png_evidence(trigger[0], trigger[1], (m * p).unsqueeze(0).cpu(), "trigger"),
+          png_evidence(stamped[0], stamped[1], ((1 - m) * x[:16].to(m.device) + m * p).cpu())]
+    return [e for e in ev if e is not None]
+
+
 @dataclass
 class RobustInversionConfig(InversionConfig):
     """The robust variant's defaults: stamped samples must survive a 2-step 8/255 PGD (60 steps)."""
@@ -191,12 +201,8 @@ class InversionProbe(Probe):
         tgt = int(np.argmin(inv.norms))
         score = self.statistic(inv.norms, tgt)
         flagged = score > cfg.threshold
-        trig = inv.masks[tgt] * inv.patterns[tgt]
-        stamped = (1 - inv.masks[tgt]) * x[:16] + inv.masks[tgt] * inv.patterns[tgt]
-        ev = [png_evidence("inverted_trigger", f"inverted trigger (mask x pattern) for class {tgt}",
-                           trig.unsqueeze(0), "trigger"),
-              png_evidence("stamped_samples", f"synthetic samples with the inverted trigger of class {tgt}",
-                           stamped)]
+        ev = trigger_evidence(inv, tgt, x, ("inverted_trigger", f"inverted trigger (mask x pattern) for class {tgt}"),
+                              ("stamped_samples", f"synthetic samples with the inverted trigger of class {tgt}"))
         return ProbeResult(
             probe=self.name, threat="backdoor", score=score, threshold=cfg.threshold, flagged=flagged,
             severity=Severity.MEDIUM if flagged else Severity.INFO, target_class=tgt,
@@ -204,7 +210,7 @@ class InversionProbe(Probe):
                      f"(median {100 * np.median(inv.norms):.1f}%); anomaly index {score:.1f}"),
             details={"mask_norms": [float(v) for v in inv.norms], "flip_rates": [float(v) for v in inv.flips],
                      "steps_run": inv.steps, "sample_source": source},
-            evidence=[e for e in ev if e is not None],
+            evidence=ev,
             budget=Budget(teacher_passes=clock.passes, seconds=clock.seconds, limit_seconds=cfg.limit_seconds),
             seed=cfg.seed,
         )

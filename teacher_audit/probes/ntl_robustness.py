@@ -54,8 +54,9 @@ import numpy as np
 
 from teacher_audit.attacks.profile import Profile, ProfileConfig, profile_teacher
 from teacher_audit.attacks.split import robust_split
-from teacher_audit.probes.backdoor_common import Clock, has_bn_prior, png_evidence
-from teacher_audit.probes.backdoor_inversion import RobustInversionConfig, invert_triggers, mask_gap
+from teacher_audit.probes.backdoor_common import Clock, has_bn_prior
+from teacher_audit.probes.backdoor_inversion import (RobustInversionConfig, invert_triggers, mask_gap,
+                                                     trigger_evidence)
 from teacher_audit.probes.base import PROBES, Probe
 from teacher_audit.report.model import Budget, Evidence, ProbeResult
 from teacher_audit.severity import Severity
@@ -309,12 +310,8 @@ class NTLRobustnessProbe(Probe):
         ev = _evidence(prof, f, f["split_threshold_log10"], vr) if cfg.evidence else []
         if inv is not None and cfg.evidence:
             c = f["trap_inversion_class"]
-            ev += [e for e in (
-                png_evidence("trap_inversion", f"robust trap inversion: mask x pattern of class {c}",
-                             (inv.masks[c] * inv.patterns[c]).unsqueeze(0).cpu(), "trigger"),
-                png_evidence("trap_inversion_stamped", f"profiled samples with the class-{c} stamp",
-                             ((1 - inv.masks[c]) * prof.x[:16].to(inv.masks.device) + inv.masks[c] * inv.patterns[c]).cpu()),
-            ) if e is not None]
+            ev += trigger_evidence(inv, c, prof.x, ("trap_inversion", f"robust trap inversion: mask x pattern of class {c}"),
+                                   ("trap_inversion_stamped", f"profiled samples with the class-{c} stamp"))
         ev.append(Evidence(name="ntl_features", kind="values", caption="robustness-profile features",
                            values={k: v for k, v in f.items() if not isinstance(v, list)}))
         return ProbeResult(
