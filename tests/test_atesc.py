@@ -238,3 +238,36 @@ def test_kd_per_sample_averages_to_the_engine_kd_loss():
     t, s = torch.randn(16, 5, generator=g), torch.randn(16, 5, generator=g)
     assert kd_per_sample(t, s, 4.0).shape == (16,)
     assert torch.allclose(kd_per_sample(t, s, 4.0).mean(), kd_loss(t, s, 4.0), rtol=1e-5)
+
+
+def test_trap_memory_replays_remembered_robust_samples_once_a_trap_is_seen():
+    from teacher_audit.defenses.atesc import FORGET
+
+    _, engine = _engine()
+    cfg = ATEscConfig(kd_weight="uniform", trap_window=1, trap_share=0.1, trap_memory=40, trap_replay=8,
+                      replay_weight=2.0)
+    hook = ATEscHook(cfg)
+    x = _batch(96, 32)
+    hook.student_loss(_ctx(engine, x))  # trap seen: the 32 robust samples are remembered
+    assert hook.mem_x is not None and hook.mem_x.shape[0] == 32
+    assert torch.equal(hook.mem_x, x[96:])
+    hook.student_loss(_ctx(engine, _batch(96, 32, seed=3)))
+    assert hook.mem_x.shape[0] == 40  # bounded; the oldest dropped
+    # a batch with no robust group: the loss is KD plus the forgetting loss on 8 remembered samples
+    hook.cfg.trap_window = 3  # keep the trap "seen" over this unimodal batch
+    ctx = _ctx(engine, _batch(128, 0, seed=1))
+    hook.scores(engine, ctx.x)  # attacked now (cached), so the replay draw is the generator's next use
+    state = hook.gen.get_state()
+    got = hook.student_loss(ctx)
+    hook.gen.set_state(state)
+    idx = torch.randint(40, (8,), generator=hook.gen)
+    replay = FORGET.get("uniform_other")(engine.student(hook.mem_x[idx]), hook.mem_t[idx], cfg)
+    want = engine.kd_loss(ctx.t_logits, ctx.s_logits) + 2.0 * replay
+    assert float(replay.detach()) > 0.01
+    assert torch.allclose(got, want, atol=1e-5)
+    # the memory survives a checkpoint
+    fresh = ATEscHook(cfg)
+    fresh.load_state_dict(hook.state_dict())
+    assert torch.equal(fresh.mem_x, hook.mem_x) and torch.equal(fresh.mem_t, hook.mem_t)
+    with pytest.raises(UsageError):
+        ATEscConfig(trap_memory=-1)

@@ -147,6 +147,9 @@ class ATEscConfig:
     escape: str = "cover"
     escape_weight: float = 10.0
     trap_bn_scale: float = 0.1
+    trap_memory: int = 0
+    trap_replay: int = 32
+    replay_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -158,6 +161,8 @@ class ATEscConfig:
         ESCAPE.get(self.escape)
         if self.kd_weight not in ("uniform", "balanced"):
             raise UsageError(f"atesc: kd_weight must be 'uniform' or 'balanced', got {self.kd_weight!r}")
+        if self.trap_memory < 0 or self.trap_replay < 0 or self.replay_weight < 0:
+            raise UsageError("atesc: trap_memory, trap_replay and replay_weight must be >= 0")
         if self.eps <= 0 or self.pgd_steps < 1 or self.lam < 0:
             raise UsageError("atesc: eps > 0, pgd_steps >= 1 and lam >= 0 are required")
 
@@ -176,6 +181,8 @@ class ATEscHook(Hook):
         self.pgd_passes = 0  # teacher passes spent by the attack
         self._cache: dict[float, float] = {}
         self._proj: torch.Tensor | None = None
+        self.mem_x: torch.Tensor | None = None  # robust samples kept for replay (trap_memory)
+        self.mem_t: torch.Tensor | None = None  # the teacher's logits on them
 
     def _keys(self, x: torch.Tensor) -> list[float]:
         """One float64 key per image: a fixed random projection of its pixels (exact for replayed copies)."""
@@ -269,15 +276,39 @@ class ATEscHook(Hook):
             else:
                 kd = ctx.engine.kd_loss(tf, sf)
             loss = loss + kd * fragile.float().mean()
+        forget = cfg.forget_trap if cfg.forget_trap is not None and trapped else cfg.forget
         if robust.any():
-            forget = cfg.forget_trap if cfg.forget_trap is not None and trapped else cfg.forget
             loss = loss + cfg.lam * FORGET.get(forget)(s[robust], t[robust], cfg) * robust.float().mean()
+            self._remember(ctx.x[robust], t[robust])
+        if trapped and cfg.trap_replay and self.mem_x is not None and ctx.student is not None:
+            loss = loss + cfg.lam * cfg.replay_weight * self._replay(ctx, forget)
         ctx.extra["atesc_robust_share"] = sp.share
         return loss
 
+    def _remember(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        """Keep up to ``trap_memory`` robust samples (newest first out when full): the trap is seen in
+        bursts, and the student should keep forgetting it between bursts."""
+        if not self.cfg.trap_memory:
+            return
+        x, t = x.detach().cpu(), t.detach().float().cpu()
+        if self.mem_x is None or self.mem_t is None:
+            self.mem_x, self.mem_t = x, t
+        else:
+            self.mem_x, self.mem_t = torch.cat([self.mem_x, x]), torch.cat([self.mem_t, t])
+        self.mem_x, self.mem_t = self.mem_x[-self.cfg.trap_memory:], self.mem_t[-self.cfg.trap_memory:]
+
+    def _replay(self, ctx: BatchContext, forget: str) -> torch.Tensor:
+        """The forgetting loss on ``trap_replay`` remembered robust samples (student passes only: the
+        teacher's answers were stored with them)."""
+        assert self.mem_x is not None and self.mem_t is not None and ctx.student is not None
+        n = self.mem_x.shape[0]
+        idx = torch.randint(n, (min(n, self.cfg.trap_replay),), generator=self.gen)
+        dev = ctx.x.device
+        return FORGET.get(forget)(ctx.student(self.mem_x[idx].to(dev)), self.mem_t[idx].to(dev), self.cfg)
+
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state(), "stats": list(self.stats), "cache": dict(self._cache),
-                "attacked": self.attacked, "pgd_passes": self.pgd_passes}
+                "attacked": self.attacked, "pgd_passes": self.pgd_passes, "mem_x": self.mem_x, "mem_t": self.mem_t}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
@@ -285,6 +316,7 @@ class ATEscHook(Hook):
         self._cache = dict(state.get("cache", {}))
         self.attacked = int(state.get("attacked", 0))
         self.pgd_passes = int(state.get("pgd_passes", 0))
+        self.mem_x, self.mem_t = state.get("mem_x"), state.get("mem_t")
 
 
 @DEFENSES.register("atesc", summary="ATEsc (Hong et al., ICML 2025): KD on fragile, forgetting on robust samples")
