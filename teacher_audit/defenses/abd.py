@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from teacher_audit.defenses.base import DEFENSES
+from teacher_audit.defenses.base import DEFENSES, EvalMode
 from teacher_audit.defenses.sr_triggers import SR_TRIGGERS, AdditiveTrigger, ClassTriggers, MaskTrigger, SRTrigger, kl_rows
 from teacher_audit.errors import UsageError
 from teacher_audit.probes.shuffle import Suspect, suspect_ensemble
@@ -214,21 +214,6 @@ def implicit_hypergrad(outer: Callable[[torch.Tensor], torch.Tensor], inner: Cal
     return out, f.detach()
 
 
-class _EvalMode:
-    """Context: module in eval mode (BN running statistics untouched by perturbed samples)."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-        self.was = module.training
-
-    def __enter__(self) -> nn.Module:
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc: Any) -> None:
-        self.module.train(self.was)
-
-
 class SelfRetrospection(Hook):
     """Student-loss hook: make the student ignore synthesised triggers in the final phase."""
 
@@ -308,7 +293,7 @@ class SelfRetrospection(Hook):
                 assert isinstance(self.trigger, ClassTriggers) and isinstance(self.s_trigger, ClassTriggers)
                 self.s_trigger.options["allowed"] = self.trigger.top()
             if cfg.search_model in ("student", "both"):  # retrospection on the student itself: no teacher passes
-                with _EvalMode(student):
+                with EvalMode(student):
                     self.stamp.search(student, xs, n_steps, cfg.delta_lr)
         elif isinstance(self.stamp, ClassTriggers):
             with torch.no_grad():
@@ -342,7 +327,7 @@ class SelfRetrospection(Hook):
         m = max(1, int(round(cfg.poison_share * x.shape[0])))
 
         def inner(theta: torch.Tensor) -> torch.Tensor:
-            with _EvalMode(student):
+            with EvalMode(student):
                 ref = student(xs)
                 return -kl_rows(student(trig.apply(xs, theta)), ref).mean() + cfg.reg * trig.size(theta)
 

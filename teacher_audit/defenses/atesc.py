@@ -31,6 +31,11 @@ The paper's code is not public; every choice it leaves open is an option here (d
   (default; once a trap is seen, ``escape_weight`` x cross-entropy of the teacher on the generator's
   batch towards round-robin assigned labels, so synthesis returns to the classes the trap starves) or
   ``none``;
+* ``trap_memory`` (default 256), ``trap_replay`` (32), ``replay_weight`` (0.1): the robust samples of every
+  batch are remembered (the newest ``trap_memory``, with the teacher's logits); once a trap is seen every
+  student step adds ``lam * replay_weight`` x the forgetting loss on ``trap_replay`` of them. With the BN
+  prior weakened few new batches are robust, so without the memory the forgetting acted on few samples and
+  the student kept the trap's labels (grating s2: 76-84 % agreement). Student passes only; 0 = off;
 * ``lam`` = lambda, default 1 (the paper's best);
 * ``cache`` (default on): a sample's robustness score is computed once and remembered (keyed by a
   fixed random projection of its pixels). Replay presets (``fast``, ``cmi``) draw every student batch
@@ -147,9 +152,9 @@ class ATEscConfig:
     escape: str = "cover"
     escape_weight: float = 10.0
     trap_bn_scale: float = 0.1
-    trap_memory: int = 0
+    trap_memory: int = 256
     trap_replay: int = 32
-    replay_weight: float = 1.0
+    replay_weight: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -299,7 +304,9 @@ class ATEscHook(Hook):
 
     def _replay(self, ctx: BatchContext, forget: str) -> torch.Tensor:
         """The forgetting loss on ``trap_replay`` remembered robust samples (student passes only: the
-        teacher's answers were stored with them)."""
+        teacher's answers were stored with them). The student stays in train mode, like for its own batch;
+        in eval mode (BN statistics untouched by the replay) the replay was measured to do much less
+        (``docs/ntl.md``)."""
         assert self.mem_x is not None and self.mem_t is not None and ctx.student is not None
         n = self.mem_x.shape[0]
         idx = torch.randint(n, (min(n, self.cfg.trap_replay),), generator=self.gen)
