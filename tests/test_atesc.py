@@ -154,6 +154,19 @@ def test_uniform_other_forgetting_is_zero_at_its_target():
     assert float(FORGET.get("uniform_other")(torch.zeros(1, 4), t, ATEscConfig())) > 0.1
 
 
+def test_not_label_forgetting_pushes_down_only_the_teachers_answer():
+    from teacher_audit.defenses.atesc import FORGET
+
+    t = torch.tensor([[5.0, 0.0, 0.0, 0.0]])
+    forget = FORGET.get("not_label")
+    assert abs(float(forget(torch.tensor([[-30.0, 1.0, 4.0, -2.0]]), t, ATEscConfig()))) < 1e-6  # any other answer
+    s = torch.tensor([[2.0, 1.0, 0.0, 0.0]], requires_grad=True)
+    forget(s, t, ATEscConfig()).backward()
+    assert s.grad[0, 0] > 0 and (s.grad[0, 1:] < 0).all()  # down on the teacher's label, up on every other
+    with pytest.raises(UsageError):
+        ATEscConfig(replay_forget="nope")
+
+
 def test_atesc_is_plain_kd_on_a_unimodal_batch():
     _, engine = _engine()
     hook = ATEscHook(ATEscConfig())

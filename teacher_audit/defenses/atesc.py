@@ -20,7 +20,8 @@ The paper's code is not public; every choice it leaves open is an option here (d
   ``forget_trap`` once a trap is seen (``trap_window``/``trap_share``; default ``"uniform_other"``: KL(u || S)
   with u uniform over every class but the teacher's answer, "not that label"; ``None`` = keep ``forget``).
   Names: ``uniform``, ``uniform_other``, ``neg_kl`` (bounded ``-min(KL(T || S), forget_cap)``: move away
-  from the teacher), ``none`` (drop robust samples from KD only). ``uniform_other`` on every batch cost clean
+  from the teacher), ``not_label`` (``-log(1 - S(teacher's answer))``: only that label is pushed down),
+  ``none`` (drop robust samples from KD only). ``uniform_other`` on every batch cost clean
   teachers up to 3 points (stray robust splits), hence its gating on the trap;
 * ``trap_bn_scale`` (default 0.1): once a trap is seen, the engine's BN prior counts this many times its
   weight (the NTL teacher's BN statistics mix ID and trap batches, so the prior pulls synthesis into the
@@ -35,7 +36,8 @@ The paper's code is not public; every choice it leaves open is an option here (d
   batch are remembered (the newest ``trap_memory``, with the teacher's logits); once a trap is seen every
   student step adds ``lam * replay_weight`` x the forgetting loss on ``trap_replay`` of them. With the BN
   prior weakened few new batches are robust, so without the memory the forgetting acted on few samples and
-  the student kept the trap's labels (grating s2: 76-84 % agreement). Student passes only; 0 = off;
+  the student kept the trap's labels (grating s2: 76-84 % agreement). Student passes only; 0 = off.
+  ``replay_forget`` picks the replay's forgetting loss (default ``None``: the one in force, ``forget_trap``);
 * ``lam`` = lambda, default 1 (the paper's best);
 * ``cache`` (default on): a sample's robustness score is computed once and remembered (keyed by a
   fixed random projection of its pixels). Replay presets (``fast``, ``cmi``) draw every student batch
@@ -93,6 +95,14 @@ def _forget_uniform_other(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: "
     logp = F.log_softmax(s_logits.float(), 1)
     keep = torch.ones_like(logp).scatter(1, t_logits.argmax(1, keepdim=True), 0.0)
     return (-(logp * keep).sum(1) / (k - 1) - math.log(k - 1)).mean()
+
+
+@FORGET.register("not_label")
+def _forget_not_label(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: "ATEscConfig") -> torch.Tensor:
+    """``-log(1 - S(teacher's answer))``: only the teacher's label is pushed down; the rest of the student's
+    answer is left as it is (``uniform_other`` also flattens it). Zero once the student gives that label no mass."""
+    p = F.softmax(s_logits.float(), 1).gather(1, t_logits.argmax(1, keepdim=True)).squeeze(1)
+    return -torch.log1p(-p.clamp(max=1 - 1e-6)).mean()
 
 
 @FORGET.register("none")
@@ -155,6 +165,7 @@ class ATEscConfig:
     trap_memory: int = 256
     trap_replay: int = 32
     replay_weight: float = 0.1
+    replay_forget: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -163,6 +174,8 @@ class ATEscConfig:
         FORGET.get(self.forget)
         if self.forget_trap is not None:
             FORGET.get(self.forget_trap)
+        if self.replay_forget is not None:
+            FORGET.get(self.replay_forget)
         ESCAPE.get(self.escape)
         if self.kd_weight not in ("uniform", "balanced"):
             raise UsageError(f"atesc: kd_weight must be 'uniform' or 'balanced', got {self.kd_weight!r}")
@@ -286,7 +299,7 @@ class ATEscHook(Hook):
             loss = loss + cfg.lam * FORGET.get(forget)(s[robust], t[robust], cfg) * robust.float().mean()
             self._remember(ctx.x[robust], t[robust])
         if trapped and cfg.trap_replay and self.mem_x is not None and ctx.student is not None:
-            loss = loss + cfg.lam * cfg.replay_weight * self._replay(ctx, forget)
+            loss = loss + cfg.lam * cfg.replay_weight * self._replay(ctx, cfg.replay_forget or forget)
         ctx.extra["atesc_robust_share"] = sp.share
         return loss
 
