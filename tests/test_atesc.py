@@ -278,9 +278,14 @@ def test_trap_memory_replays_remembered_robust_samples_once_a_trap_is_seen():
     want = engine.kd_loss(ctx.t_logits, ctx.s_logits) + 2.0 * replay
     assert float(replay.detach()) > 0.01
     assert torch.allclose(got, want, atol=1e-5)
-    # the memory survives a checkpoint
+    # the memory survives a checkpoint (the engine writes hook states with torch.save, reads with weights_only)
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"hooks": [hook.state_dict()]}, buf)
+    buf.seek(0)
     fresh = ATEscHook(cfg)
-    fresh.load_state_dict(hook.state_dict())
+    fresh.load_state_dict(torch.load(buf, weights_only=True)["hooks"][0])
     assert torch.equal(fresh.mem_x, hook.mem_x) and torch.equal(fresh.mem_t, hook.mem_t)
     with pytest.raises(UsageError):
         ATEscConfig(trap_memory=-1)
