@@ -83,8 +83,13 @@ CALIBRATION: dict[str, Any] = {
     "source": "benchmarks/suite_backdoor.py --calibrate on 6 clean zoo teachers x 2 probe seeds, 2026-11-23"
 }
 
-_COMPONENTS = {"backdoor_margin": MarginProbe, "backdoor_inversion": InversionProbe,
-               "backdoor_robust_inversion": RobustInversionProbe, "backdoor_shuffle": ShuffleProbe}
+#: component name -> (probe class, its ``FusedConfig`` field, whether it runs on the shared synthetic samples)
+_COMPONENTS: dict[str, tuple[type[Probe], str, bool]] = {
+    "backdoor_margin": (MarginProbe, "margin", False),
+    "backdoor_inversion": (InversionProbe, "inversion", True),
+    "backdoor_robust_inversion": (RobustInversionProbe, "robust", True),
+    "backdoor_shuffle": (ShuffleProbe, "shuffle", True),
+}
 
 
 @dataclass
@@ -301,23 +306,20 @@ class FusedBackdoorProbe(Probe):
     def run(self, teacher: Teacher, engine: Any = None) -> ProbeResult:
         cfg: FusedConfig = self.config
         clock = Clock(None)
-        need_samples = any(c in cfg.components for c in ("backdoor_inversion", "backdoor_robust_inversion",
-                                                          "backdoor_shuffle"))
+        need_samples = any(_COMPONENTS[c][2] for c in cfg.components)
         x, source = (synthetic_samples(teacher, engine, cfg.samples, cfg.synth_steps, cfg.seed, clock)
                      if need_samples else (None, "none"))
         results: dict[str, ProbeResult] = {}
         for i, name in enumerate(cfg.components):
-            probe_cls = _COMPONENTS[name]
-            sub = copy.copy({"backdoor_margin": cfg.margin, "backdoor_inversion": cfg.inversion,
-                             "backdoor_robust_inversion": cfg.robust, "backdoor_shuffle": cfg.shuffle}[name])
+            probe_cls, field_name, on_samples = _COMPONENTS[name]
+            sub = copy.copy(getattr(cfg, field_name))
             sub.seed = cfg.seed
             if cfg.budget_seconds is not None:
                 share = max(0.5, (cfg.budget_seconds - clock.seconds) / (len(cfg.components) - i))
                 sub.limit_seconds = share if sub.limit_seconds is None else min(sub.limit_seconds, share)
             probe = probe_cls(sub)
             try:
-                results[name] = probe.run(teacher, engine) if name == "backdoor_margin" else \
-                    probe.run(teacher, engine, samples=x)
+                results[name] = probe.run(teacher, engine, samples=x) if on_samples else probe.run(teacher, engine)
             except (RuntimeError, ValueError) as e:  # one failing component must not hide the others
                 results[name] = ProbeResult(probe=name, threat="backdoor", status="error", summary=str(e)[:200])
         ok = [r for r in results.values() if r.status == "ok"]
