@@ -290,3 +290,35 @@ def test_trap_memory_replays_remembered_robust_samples_once_a_trap_is_seen():
     with pytest.raises(UsageError):
         ATEscConfig(trap_memory=-1)
 
+
+
+def test_agreeing_replay_gate_forgets_only_samples_the_student_still_labels_as_the_teacher():
+    from teacher_audit.defenses.atesc import FORGET, REPLAY_GATE
+
+    _, engine = _engine()
+    cfg = ATEscConfig(kd_weight="uniform", trap_window=3, trap_share=0.1, trap_memory=64, trap_replay=16,
+                      replay_weight=1.0, replay_gate="agreeing")
+    hook = ATEscHook(cfg)
+    hook.mem_x = _batch(0, 16, seed=5)
+    t = torch.tensor([[5.0, -5.0]]).repeat(16, 1)
+    t[8:] = t[8:].flip(1)  # half the remembered samples carry the other label
+    hook.mem_t = t
+    hook.stats = [{"robust_share": 1.0, "trap": 1.0}] * 2  # a trap was seen
+    ctx = _ctx(engine, _batch(128, 0, seed=1))
+    hook.scores(engine, ctx.x)
+    state = hook.gen.get_state()
+    got = hook.student_loss(ctx)
+    hook.gen.set_state(state)
+    idx = torch.randint(16, (16,), generator=hook.gen)
+    s, tt = engine.student(hook.mem_x[idx]), hook.mem_t[idx]
+    keep = s.argmax(1) == tt.argmax(1)
+    assert 0 < int(keep.sum()) < 16  # the student agrees with some remembered labels, not all
+    assert torch.equal(REPLAY_GATE.get("agreeing")(s, tt), keep)
+    want = engine.kd_loss(ctx.t_logits, ctx.s_logits) + FORGET.get("uniform_other")(s[keep], tt[keep], cfg) * keep.float().mean()
+    assert torch.allclose(got, want, atol=1e-5)
+    # nothing agrees: the replay adds nothing
+    hook.mem_t = -engine.student(hook.mem_x).detach()  # the student's answer is never the remembered label
+    hook.gen.set_state(state)
+    assert torch.allclose(hook.student_loss(ctx), engine.kd_loss(ctx.t_logits, ctx.s_logits), atol=1e-6)
+    with pytest.raises(UsageError):
+        ATEscConfig(replay_gate="nope")

@@ -110,6 +110,22 @@ def _forget_none(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: "ATEscConf
     return s_logits.sum() * 0.0
 
 
+REPLAY_GATE: Registry[Any] = Registry("ATEsc replay gate")
+
+
+@REPLAY_GATE.register("all")
+def _gate_all(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+    return torch.ones(s_logits.shape[0], dtype=torch.bool, device=s_logits.device)
+
+
+@REPLAY_GATE.register("agreeing")
+def _gate_agreeing(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+    """Only the remembered samples on which the student still gives the teacher's (trap) label: once it
+    no longer does, the replay stops pushing, so "not that label" does not keep spreading to ID images
+    of the trap's class."""
+    return s_logits.argmax(1) == t_logits.argmax(1)
+
+
 ESCAPE: Registry[Any] = Registry("ATEsc generator-side escape")
 
 
@@ -166,6 +182,7 @@ class ATEscConfig:
     trap_replay: int = 32
     replay_weight: float = 0.1
     replay_forget: str | None = None
+    replay_gate: str = "all"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -176,6 +193,7 @@ class ATEscConfig:
             FORGET.get(self.forget_trap)
         if self.replay_forget is not None:
             FORGET.get(self.replay_forget)
+        REPLAY_GATE.get(self.replay_gate)
         ESCAPE.get(self.escape)
         if self.kd_weight not in ("uniform", "balanced"):
             raise UsageError(f"atesc: kd_weight must be 'uniform' or 'balanced', got {self.kd_weight!r}")
@@ -324,7 +342,11 @@ class ATEscHook(Hook):
         n = self.mem_x.shape[0]
         idx = torch.randint(n, (min(n, self.cfg.trap_replay),), generator=self.gen)
         dev = ctx.x.device
-        return FORGET.get(forget)(ctx.student(self.mem_x[idx].to(dev)), self.mem_t[idx].to(dev), self.cfg)
+        s, t = ctx.student(self.mem_x[idx].to(dev)), self.mem_t[idx].to(dev)
+        keep = REPLAY_GATE.get(self.cfg.replay_gate)(s.detach(), t)
+        if not keep.any():
+            return s.sum() * 0.0
+        return FORGET.get(forget)(s[keep], t[keep], self.cfg) * keep.float().mean()
 
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state(), "stats": list(self.stats), "cache": dict(self._cache),
@@ -349,4 +371,4 @@ def atesc(teacher: Any, engine: Any, **options: Any) -> list[Hook]:
     return [ATEscHook(ATEscConfig(**options))]
 
 
-__all__ = ["ATEscConfig", "ATEscHook", "ESCAPE", "FORGET", "atesc", "asdict"]
+__all__ = ["ATEscConfig", "ATEscHook", "ESCAPE", "FORGET", "REPLAY_GATE", "atesc", "asdict"]
