@@ -258,7 +258,7 @@ def test_trap_memory_replays_remembered_robust_samples_once_a_trap_is_seen():
 
     _, engine = _engine()
     cfg = ATEscConfig(kd_weight="uniform", trap_window=1, trap_share=0.1, trap_memory=40, trap_replay=8,
-                      replay_weight=2.0)
+                      replay_weight=2.0, replay_gate="all")
     hook = ATEscHook(cfg)
     x = _batch(96, 32)
     hook.student_loss(_ctx(engine, x))  # trap seen: the 32 robust samples are remembered
@@ -293,7 +293,7 @@ def test_trap_memory_replays_remembered_robust_samples_once_a_trap_is_seen():
 
 
 def test_agreeing_replay_gate_forgets_only_samples_the_student_still_labels_as_the_teacher():
-    from teacher_audit.defenses.atesc import FORGET, REPLAY_GATE
+    from teacher_audit.defenses.atesc import FORGET, GATE
 
     _, engine = _engine()
     cfg = ATEscConfig(kd_weight="uniform", trap_window=3, trap_share=0.1, trap_memory=64, trap_replay=16,
@@ -313,7 +313,7 @@ def test_agreeing_replay_gate_forgets_only_samples_the_student_still_labels_as_t
     s, tt = engine.student(hook.mem_x[idx]), hook.mem_t[idx]
     keep = s.argmax(1) == tt.argmax(1)
     assert 0 < int(keep.sum()) < 16  # the student agrees with some remembered labels, not all
-    assert torch.equal(REPLAY_GATE.get("agreeing")(s, tt), keep)
+    assert torch.equal(GATE.get("agreeing")(s, tt), keep)
     want = engine.kd_loss(ctx.t_logits, ctx.s_logits) + FORGET.get("uniform_other")(s[keep], tt[keep], cfg) * keep.float().mean()
     assert torch.allclose(got, want, atol=1e-5)
     # nothing agrees: the replay adds nothing
@@ -322,3 +322,33 @@ def test_agreeing_replay_gate_forgets_only_samples_the_student_still_labels_as_t
     assert torch.allclose(hook.student_loss(ctx), engine.kd_loss(ctx.t_logits, ctx.s_logits), atol=1e-6)
     with pytest.raises(UsageError):
         ATEscConfig(replay_gate="nope")
+    with pytest.raises(UsageError):
+        ATEscConfig(forget_gate="nope")
+
+
+def test_forget_gate_limits_the_batch_forgetting_to_robust_samples_the_student_still_agrees_on():
+    from teacher_audit.defenses.atesc import FORGET
+
+    _, engine = _engine()
+    cfg = ATEscConfig(kd_weight="uniform", trap_window=3, trap_share=0.1, trap_memory=0, forget_gate="agreeing")
+    hook = ATEscHook(cfg)
+    hook.stats = [{"robust_share": 0.25, "trap": 1.0}] * 2  # a trap was seen
+    with torch.no_grad():  # a student whose answer is "pixel 0 > pixel 1": it agrees on about half the samples
+        lin1, lin2 = engine.student.net[1], engine.student.net[3]
+        lin1.weight.zero_(), lin1.bias.zero_(), lin2.weight.zero_(), lin2.bias.zero_()
+        lin1.weight[0, 0], lin1.weight[0, 1], lin1.weight[1, 0], lin1.weight[1, 1] = 1.0, -1.0, -1.0, 1.0
+        lin2.weight[0, 0], lin2.weight[1, 1] = 100.0, 100.0
+    x = _batch(96, 32)
+    ctx = _ctx(engine, x)
+    got = hook.student_loss(ctx)
+    robust = torch.zeros(128, dtype=torch.bool)
+    robust[96:] = True
+    assert hook.stats[-1]["robust_share"] == pytest.approx(0.25)  # the split found exactly the robust group
+    s, t = ctx.s_logits, ctx.t_logits
+    gate = robust & (s.argmax(1) == t.argmax(1))
+    kd = engine.kd_loss(t[~robust], s[~robust]) * 0.75
+    want = kd + (FORGET.get("uniform_other")(s[gate], t[gate], cfg) * gate.float().mean() if gate.any() else 0.0)
+    ungated = kd + FORGET.get("uniform_other")(s[robust], t[robust], cfg) * 0.25
+    assert 0 < int(gate.sum()) < 32  # the gate leaves some robust samples out
+    assert torch.allclose(got, torch.as_tensor(want), atol=1e-5)
+    assert not torch.allclose(got, ungated, atol=1e-5)

@@ -38,6 +38,10 @@ The paper's code is not public; every choice it leaves open is an option here (d
   prior weakened few new batches are robust, so without the memory the forgetting acted on few samples and
   the student kept the trap's labels (grating s2: 76-84 % agreement). Student passes only; 0 = off.
   ``replay_forget`` picks the replay's forgetting loss (default ``None``: the one in force, ``forget_trap``);
+  ``replay_gate`` which remembered samples it acts on (default ``"agreeing"``: only those the student still
+  gives the teacher's label; ``"all"``). Ungated, "not that label" kept spreading to the ID images of the
+  trap's class (held-out texture teacher: ID sandals 98 % -> 8 %, the trap domain still 100 % sandal);
+  ``forget_gate`` the same choice for the batch's own robust group once a trap is seen (default ``"all"``);
 * ``lam`` = lambda, default 1 (the paper's best);
 * ``cache`` (default on): a sample's robustness score is computed once and remembered (keyed by a
   fixed random projection of its pixels). Replay presets (``fast``, ``cmi``) draw every student batch
@@ -110,19 +114,19 @@ def _forget_none(s_logits: torch.Tensor, t_logits: torch.Tensor, cfg: "ATEscConf
     return s_logits.sum() * 0.0
 
 
-REPLAY_GATE: Registry[Any] = Registry("ATEsc replay gate")
+GATE: Registry[Any] = Registry("ATEsc forgetting gate")
 
 
-@REPLAY_GATE.register("all")
+@GATE.register("all")
 def _gate_all(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
     return torch.ones(s_logits.shape[0], dtype=torch.bool, device=s_logits.device)
 
 
-@REPLAY_GATE.register("agreeing")
+@GATE.register("agreeing")
 def _gate_agreeing(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
-    """Only the remembered samples on which the student still gives the teacher's (trap) label: once it
-    no longer does, the replay stops pushing, so "not that label" does not keep spreading to ID images
-    of the trap's class."""
+    """Only the samples on which the student still gives the teacher's (trap) label: once it no longer
+    does, the forgetting stops pushing, so "not that label" does not keep spreading to ID images of the
+    trap's class."""
     return s_logits.argmax(1) == t_logits.argmax(1)
 
 
@@ -182,7 +186,8 @@ class ATEscConfig:
     trap_replay: int = 32
     replay_weight: float = 0.1
     replay_forget: str | None = None
-    replay_gate: str = "all"
+    replay_gate: str = "agreeing"
+    forget_gate: str = "all"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -193,7 +198,8 @@ class ATEscConfig:
             FORGET.get(self.forget_trap)
         if self.replay_forget is not None:
             FORGET.get(self.replay_forget)
-        REPLAY_GATE.get(self.replay_gate)
+        GATE.get(self.replay_gate)
+        GATE.get(self.forget_gate)
         ESCAPE.get(self.escape)
         if self.kd_weight not in ("uniform", "balanced"):
             raise UsageError(f"atesc: kd_weight must be 'uniform' or 'balanced', got {self.kd_weight!r}")
@@ -314,8 +320,10 @@ class ATEscHook(Hook):
             loss = loss + kd * fragile.float().mean()
         forget = cfg.forget_trap if cfg.forget_trap is not None and trapped else cfg.forget
         if robust.any():
-            loss = loss + cfg.lam * FORGET.get(forget)(s[robust], t[robust], cfg) * robust.float().mean()
             self._remember(ctx.x[robust], t[robust])
+            gate = robust & GATE.get(cfg.forget_gate if trapped else "all")(s.detach(), t)
+            if gate.any():
+                loss = loss + cfg.lam * FORGET.get(forget)(s[gate], t[gate], cfg) * gate.float().mean()
         if trapped and cfg.trap_replay and self.mem_x is not None and ctx.student is not None:
             loss = loss + cfg.lam * cfg.replay_weight * self._replay(ctx, cfg.replay_forget or forget)
         ctx.extra["atesc_robust_share"] = sp.share
@@ -343,7 +351,7 @@ class ATEscHook(Hook):
         idx = torch.randint(n, (min(n, self.cfg.trap_replay),), generator=self.gen)
         dev = ctx.x.device
         s, t = ctx.student(self.mem_x[idx].to(dev)), self.mem_t[idx].to(dev)
-        keep = REPLAY_GATE.get(self.cfg.replay_gate)(s.detach(), t)
+        keep = GATE.get(self.cfg.replay_gate)(s.detach(), t)
         if not keep.any():
             return s.sum() * 0.0
         return FORGET.get(forget)(s[keep], t[keep], self.cfg) * keep.float().mean()
@@ -371,4 +379,4 @@ def atesc(teacher: Any, engine: Any, **options: Any) -> list[Hook]:
     return [ATEscHook(ATEscConfig(**options))]
 
 
-__all__ = ["ATEscConfig", "ATEscHook", "ESCAPE", "FORGET", "REPLAY_GATE", "atesc", "asdict"]
+__all__ = ["ATEscConfig", "ATEscHook", "ESCAPE", "FORGET", "GATE", "atesc", "asdict"]
