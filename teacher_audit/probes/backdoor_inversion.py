@@ -94,13 +94,20 @@ def trigger_evidence(inv: Inverted, c: int, x: torch.Tensor, trigger: tuple[str,
     return [e for e in ev if e is not None]
 
 
+#: Threshold on the robust inversion's :func:`mask_gap`, in decades. Calibrated for the NTL probe's trap
+#: inversion on clean teachers without a BN prior only: largest of 12 runs (3 BN-folded smallcnn exports,
+#: 3 LeNet-5, 2 probe seeds each) 0.357 x 1.25, rounded up to 0.05 (docs/ntl.md). In the backdoor probe it
+#: is only nominal: the fused probe z-scores the gap against its own clean calibration.
+ROBUST_GAP_THRESHOLD = 0.45
+
+
 @dataclass
 class RobustInversionConfig(InversionConfig):
     """The robust variant's defaults: stamped samples must survive a 2-step 8/255 PGD (60 steps)."""
 
     adv_eps: float = 8 / 255
     adv_steps: int = 2
-    threshold: float = 0.45
+    threshold: float = ROBUST_GAP_THRESHOLD
 
 
 def pick_per_target(labels: torch.Tensor, k: int, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -222,8 +229,9 @@ class RobustInversionProbe(InversionProbe):
 
     A global trigger (Blend, SIG) is answered robustly by a backdoored teacher, so a small stamp of it
     keeps samples in the target class under attack, while a clean teacher's classes need large stamps,
-    all alike (docs/backdoor.md). Score: :func:`mask_gap` in decades; its own threshold 0.45 is the
-    NTL probe's calibrated value (docs/ntl.md) and only nominal here -- the fused probe z-scores it.
+    all alike (docs/backdoor.md). Score: :func:`mask_gap` in decades; its own threshold
+    :data:`ROBUST_GAP_THRESHOLD` is the NTL probe's calibrated value (docs/ntl.md) and only nominal here --
+    the fused probe z-scores it.
     """
 
     name = "backdoor_robust_inversion"

@@ -55,8 +55,8 @@ import numpy as np
 from teacher_audit.attacks.profile import Profile, ProfileConfig, profile_teacher
 from teacher_audit.attacks.split import robust_split
 from teacher_audit.probes.backdoor_common import Clock, has_bn_prior
-from teacher_audit.probes.backdoor_inversion import (RobustInversionConfig, invert_triggers, mask_gap,
-                                                     trigger_evidence)
+from teacher_audit.probes.backdoor_inversion import (ROBUST_GAP_THRESHOLD, RobustInversionConfig, invert_triggers,
+                                                     mask_gap, trigger_evidence)
 from teacher_audit.probes.base import PROBES, Probe
 from teacher_audit.report.model import Budget, Evidence, ProbeResult
 from teacher_audit.severity import Severity
@@ -68,10 +68,8 @@ from teacher_audit.teacher import Teacher
 DEFAULT_THRESHOLD = 0.22
 
 #: Default threshold on the robust trap inversion's gap (decades between the median class's smallest robust
-#: mask and the smallest one), calibrated like ``DEFAULT_THRESHOLD`` on clean teachers without a BN prior
-#: only: largest of 12 runs (3 BN-folded smallcnn exports, 3 LeNet-5, 2 probe seeds each) 0.357 x 1.25,
-#: rounded up to 0.05 (docs/ntl.md).
-DEFAULT_INVERSION_THRESHOLD = 0.45
+#: mask and the smallest one); calibrated for this probe, kept with the inversion (:data:`ROBUST_GAP_THRESHOLD`).
+DEFAULT_INVERSION_THRESHOLD = ROBUST_GAP_THRESHOLD
 
 #: When the robust trap inversion runs: only on teachers whose synthesis has no BatchNorm prior (the pull
 #: needs it), on every teacher, or never.
