@@ -354,28 +354,24 @@ def test_forget_gate_limits_the_batch_forgetting_to_robust_samples_the_student_s
     assert not torch.allclose(got, ungated, atol=1e-5)
 
 
-def test_scout_share_attacks_a_fixed_share_of_images_until_a_trap_is_seen():
+def test_scout_every_attacks_only_every_kth_batch_until_a_trap_is_seen():
     _, engine = _engine()
-    hook = ATEscHook(ATEscConfig(scout_share=0.25, trap_window=2, trap_share=0.1, trap_memory=0))
-    xs = [_batch(128, 0, seed=i) for i in range(4)]
-    for x in xs:
-        hook.student_loss(_ctx(engine, x))
-    first = hook.attacked
-    assert 0.15 * 512 < first < 0.35 * 512  # about a quarter of the distinct images
-    picked = hook.scouted(xs[0])
-    assert torch.equal(picked, hook.scouted(xs[0].clone()))  # the same image is always in or out
-    hook.student_loss(_ctx(engine, xs[0].clone()))  # a replayed copy of a batch: nothing new is attacked
-    assert hook.attacked == first
-    # the split is learned on the scouted images only; the others are fragile (plain KD)
-    ctx = _ctx(engine, _batch(96, 32, seed=9))
-    hook.student_loss(ctx)
-    scouted = hook.scouted(ctx.x)
-    assert hook.stats[-1]["robust_share"] == pytest.approx(float(scouted[96:].sum()) / float(scouted.sum()))
-    hook.student_loss(_ctx(engine, _batch(96, 32, seed=10)))
+    hook = ATEscHook(ATEscConfig(scout_every=4, trap_window=2, trap_share=0.1, trap_memory=0))
+    clean = [_batch(128, 0, seed=i) for i in range(8)]
+    got = [hook.student_loss(_ctx(engine, x)) for x in clean]
+    assert [g is None for g in got] == [False, True, True, True, False, True, True, True]  # None: plain KD
+    assert hook.attacked == 2 * 128 and len(hook.stats) == 2
+    # a trapped batch on a scouting step: from then on every batch is attacked
+    for i in range(3):
+        hook.student_loss(_ctx(engine, _batch(96, 32, seed=20 + i)))
     assert hook.trap_seen
     before = hook.attacked
-    x = _batch(96, 32, seed=11)
-    hook.student_loss(_ctx(engine, x))
-    assert hook.attacked == before + 128  # once a trap is seen every image is attacked
+    for i in range(3):
+        assert hook.student_loss(_ctx(engine, _batch(96, 32, seed=30 + i))) is not None
+    assert hook.attacked == before + 3 * 128
+    state = hook.state_dict()
+    fresh = ATEscHook(hook.cfg)
+    fresh.load_state_dict(state)
+    assert fresh.calls == hook.calls == 14
     with pytest.raises(UsageError):
-        ATEscConfig(scout_share=0)
+        ATEscConfig(scout_every=0)
