@@ -352,26 +352,3 @@ def test_forget_gate_limits_the_batch_forgetting_to_robust_samples_the_student_s
     assert 0 < int(gate.sum()) < 32  # the gate leaves some robust samples out
     assert torch.allclose(got, torch.as_tensor(want), atol=1e-5)
     assert not torch.allclose(got, ungated, atol=1e-5)
-
-
-def test_scout_every_attacks_only_every_kth_batch_until_a_trap_is_seen():
-    _, engine = _engine()
-    hook = ATEscHook(ATEscConfig(scout_every=4, trap_window=2, trap_share=0.1, trap_memory=0))
-    clean = [_batch(128, 0, seed=i) for i in range(8)]
-    got = [hook.student_loss(_ctx(engine, x)) for x in clean]
-    assert [g is None for g in got] == [False, True, True, True, False, True, True, True]  # None: plain KD
-    assert hook.attacked == 2 * 128 and len(hook.stats) == 2
-    # a trapped batch on a scouting step: from then on every batch is attacked
-    for i in range(3):
-        hook.student_loss(_ctx(engine, _batch(96, 32, seed=20 + i)))
-    assert hook.trap_seen
-    before = hook.attacked
-    for i in range(3):
-        assert hook.student_loss(_ctx(engine, _batch(96, 32, seed=30 + i))) is not None
-    assert hook.attacked == before + 3 * 128
-    state = hook.state_dict()
-    fresh = ATEscHook(hook.cfg)
-    fresh.load_state_dict(state)
-    assert fresh.calls == hook.calls == 14
-    with pytest.raises(UsageError):
-        ATEscConfig(scout_every=0)

@@ -49,11 +49,6 @@ The paper's code is not public; every choice it leaves open is an option here (d
   again on every draw (10 student steps per synthesised batch in ``fast``: ~10x the teacher passes of
   the whole synthesis). The teacher is frozen, so the cached score is the one a new attack would give
   up to PGD's random start. The split is still learned per student batch from these scores;
-* ``scout_every`` (default 1 = every batch): until a trap is seen, only every ``scout_every``-th student batch
-  is attacked and split; the others get the engine's plain KD (what ATEsc reduces to on a batch with no robust
-  group). Once a trap is seen every batch is attacked. The attack is most of ATEsc's cost, and on a teacher
-  without a trap it only serves to look for one (docs/ntl.md: at an equal total budget the full attack left a
-  clean teacher's student 27 points behind plain DFKD);
 * ``charge_passes`` (default on): PGD passes count against the engine's budget. Off: they are only
   counted in ``ATEscHook.pgd_passes``, so a comparison with plain DFKD can be run at an equal
   *synthesis* budget and report the attack cost separately (``benchmarks/suite_ntl.py defense``).
@@ -193,7 +188,6 @@ class ATEscConfig:
     replay_forget: str | None = None
     replay_gate: str = "agreeing"
     forget_gate: str = "all"
-    scout_every: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -211,8 +205,6 @@ class ATEscConfig:
             raise UsageError(f"atesc: kd_weight must be 'uniform' or 'balanced', got {self.kd_weight!r}")
         if self.trap_memory < 0 or self.trap_replay < 0 or self.replay_weight < 0:
             raise UsageError("atesc: trap_memory, trap_replay and replay_weight must be >= 0")
-        if self.scout_every < 1:
-            raise UsageError(f"atesc: scout_every must be >= 1, got {self.scout_every}")
         if self.eps <= 0 or self.pgd_steps < 1 or self.lam < 0:
             raise UsageError("atesc: eps > 0, pgd_steps >= 1 and lam >= 0 are required")
 
@@ -233,7 +225,6 @@ class ATEscHook(Hook):
         self._proj: torch.Tensor | None = None
         self.mem_x: torch.Tensor | None = None  # robust samples kept for replay (trap_memory)
         self.mem_t: torch.Tensor | None = None  # the teacher's logits on them
-        self.calls = 0  # student batches seen (``scout_every`` counts them)
 
     def _keys(self, x: torch.Tensor) -> list[float]:
         """One float64 key per image: a fixed random projection of its pixels (exact for replayed copies)."""
@@ -310,9 +301,6 @@ class ATEscHook(Hook):
         if ctx.phase != "student" or ctx.s_logits is None:
             return None
         cfg = self.cfg
-        self.calls += 1
-        if cfg.scout_every > 1 and (self.calls - 1) % cfg.scout_every and not self.trap_seen:
-            return None  # not a scouting batch and no trap yet: the engine's plain KD, no attack
         score = self.scores(ctx.engine, ctx.x)
         sp = robust_split(score, method=cfg.split, min_separation=cfg.min_separation, min_gap=cfg.min_gap)
         robust = sp.robust.to(ctx.x.device)
@@ -370,8 +358,7 @@ class ATEscHook(Hook):
 
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state(), "stats": list(self.stats), "cache": dict(self._cache),
-                "attacked": self.attacked, "pgd_passes": self.pgd_passes, "mem_x": self.mem_x, "mem_t": self.mem_t,
-                "calls": self.calls}
+                "attacked": self.attacked, "pgd_passes": self.pgd_passes, "mem_x": self.mem_x, "mem_t": self.mem_t}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
@@ -380,7 +367,6 @@ class ATEscHook(Hook):
         self.attacked = int(state.get("attacked", 0))
         self.pgd_passes = int(state.get("pgd_passes", 0))
         self.mem_x, self.mem_t = state.get("mem_x"), state.get("mem_t")
-        self.calls = int(state.get("calls", 0))
 
 
 @DEFENSES.register("atesc", summary="ATEsc (Hong et al., ICML 2025): KD on fragile, forgetting on robust samples")
