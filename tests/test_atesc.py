@@ -181,6 +181,9 @@ def test_atesc_registered_runs_in_engine_and_refuses_bad_options():
     hooks = DEFENSES.get("atesc")(teacher, engine, forget="neg_kl", lam=0.5)
     res = engine.run(budget_passes=600, hooks=hooks, progress=False)
     assert res.passes >= 600 and hooks[0].stats  # type: ignore[attr-defined]
+    note = hooks[0].note  # type: ignore[attr-defined]  # the distill report's line: the attack's cost
+    assert f"PGD attack {hooks[0].pgd_passes} teacher passes" in note and "counted in the budget" in note  # type: ignore[attr-defined]
+    assert hooks[0].pgd_passes > 0 and f"{len(hooks[0].stats)} student steps" in note  # type: ignore[attr-defined]
     with pytest.raises(UsageError):
         DEFENSES.get("atesc")(teacher, engine, bogus=1)
     with pytest.raises(UsageError):

@@ -275,6 +275,17 @@ class ATEscHook(Hook):
         recent = self.stats[-self.cfg.trap_window:]
         return bool(recent) and sum(r["robust_share"] for r in recent) / len(recent) > self.cfg.trap_share
 
+    @property
+    def note(self) -> str:
+        """One line for the distill report: the attack's cost and whether (how often) a trap was seen."""
+        trap = int(sum(bool(r.get("trap")) for r in self.stats))
+        share = sum(r["robust_share"] for r in self.stats) / len(self.stats) if self.stats else 0.0
+        charged = "counted in the budget" if self.cfg.charge_passes else "not counted in the budget"
+        seen = (f"trap seen in {trap} of {len(self.stats)} student steps" if trap else
+                f"no trap seen in {len(self.stats)} student steps (the run was plain KD)")
+        return (f"{seen}; mean robust share {100 * share:.1f}%; PGD attack {self.pgd_passes} teacher passes on "
+                f"{self.attacked} images ({charged})")
+
     def generator_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "generator":
             return None
