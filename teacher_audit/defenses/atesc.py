@@ -9,7 +9,7 @@ answers on the robust (OOD-like) group: ``loss = L_KD(fragile) + lambda * L_forg
 The paper's code is not public; every choice it leaves open is an option here (defaults in
 ``ATEscConfig``, rationale and measurements in ``docs/ntl.md``):
 
-* attack: L-inf PGD in the teacher's raw range, ``eps`` 8/255 of the range, ``pgd_steps`` 2 (step
+* attack: L-inf PGD in the teacher's raw range, ``eps`` 8/255 of the range, ``pgd_steps`` 5 (step
   ``2.5 eps / steps``), KL objective with random start;
 * robustness score per sample: ``measure="kl"`` -> ``-log10 KL(T(x) || T(x_adv))`` (default; one PGD
   run), or ``measure="flip"`` -> ``log10`` of the smallest flipping radius (bisection, costlier);
@@ -165,7 +165,7 @@ class ATEscConfig:
     """ATEsc options (see module docstring)."""
 
     eps: float = 8 / 255
-    pgd_steps: int = 2
+    pgd_steps: int = 5
     measure: str = "kl"
     split: str = "gmm"
     min_gap: float = 0.5
