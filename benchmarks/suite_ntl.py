@@ -351,10 +351,8 @@ class DefenseBench:
             f"{label}_seconds": time.perf_counter() - t0,
         }
         if defense == "atesc":
-            st = hooks[0].stats  # type: ignore[attr-defined]
-            out[f"{label}_robust_share"] = float(np.mean([x["robust_share"] for x in st])) if st else 0.0
-            out[f"{label}_trap_steps"] = int(sum(bool(x.get("trap")) for x in st))
-            out[f"{label}_steps"] = len(st)
+            sm = hooks[0].summary()  # type: ignore[attr-defined]
+            out.update({f"{label}_{k}": sm[k] for k in ("robust_share", "trap_steps", "steps")})
         return out
 
 

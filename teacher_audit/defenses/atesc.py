@@ -275,16 +275,22 @@ class ATEscHook(Hook):
         recent = self.stats[-self.cfg.trap_window:]
         return bool(recent) and sum(r["robust_share"] for r in recent) / len(recent) > self.cfg.trap_share
 
+    def summary(self) -> dict[str, float]:
+        """The run so far: student steps, steps with a trap seen, mean robust share, attack cost."""
+        steps = len(self.stats)
+        return {"steps": steps, "trap_steps": int(sum(bool(r.get("trap")) for r in self.stats)),
+                "robust_share": sum(r["robust_share"] for r in self.stats) / steps if steps else 0.0,
+                "pgd_passes": self.pgd_passes, "attacked": self.attacked}
+
     @property
     def note(self) -> str:
         """One line for the distill report: the attack's cost and whether (how often) a trap was seen."""
-        trap = int(sum(bool(r.get("trap")) for r in self.stats))
-        share = sum(r["robust_share"] for r in self.stats) / len(self.stats) if self.stats else 0.0
+        sm = self.summary()
         charged = "counted in the budget" if self.cfg.charge_passes else "not counted in the budget"
-        seen = (f"trap seen in {trap} of {len(self.stats)} student steps" if trap else
-                f"no trap seen in {len(self.stats)} student steps (the run was plain KD)")
-        return (f"{seen}; mean robust share {100 * share:.1f}%; PGD attack {self.pgd_passes} teacher passes on "
-                f"{self.attacked} images ({charged})")
+        seen = (f"trap seen in {sm['trap_steps']} of {sm['steps']} student steps" if sm["trap_steps"] else
+                f"no trap seen in {sm['steps']} student steps (the run was plain KD)")
+        return (f"{seen}; mean robust share {100 * sm['robust_share']:.1f}%; PGD attack {sm['pgd_passes']} "
+                f"teacher passes on {sm['attacked']} images ({charged})")
 
     def generator_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "generator":
@@ -333,8 +339,7 @@ class ATEscHook(Hook):
         if robust.any():
             self._remember(ctx.x[robust], t[robust])
             gate = robust & GATE.get(cfg.forget_gate if trapped else "all")(s.detach(), t)
-            if gate.any():
-                loss = loss + cfg.lam * FORGET.get(forget)(s[gate], t[gate], cfg) * gate.float().mean()
+            loss = loss + cfg.lam * self._forget_on(forget, s, t, gate)
         if trapped and cfg.trap_replay and self.mem_x is not None and ctx.student is not None:
             loss = loss + cfg.lam * cfg.replay_weight * self._replay(ctx, cfg.replay_forget or forget)
         ctx.extra["atesc_robust_share"] = sp.share
@@ -362,10 +367,14 @@ class ATEscHook(Hook):
         idx = torch.randint(n, (min(n, self.cfg.trap_replay),), generator=self.gen)
         dev = ctx.x.device
         s, t = ctx.student(self.mem_x[idx].to(dev)), self.mem_t[idx].to(dev)
-        keep = GATE.get(self.cfg.replay_gate)(s.detach(), t)
-        if not keep.any():
+        return self._forget_on(forget, s, t, GATE.get(self.cfg.replay_gate)(s.detach(), t))
+
+    def _forget_on(self, forget: str, s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The forgetting loss ``forget`` on the rows ``mask`` selects, weighted by their share of the rows
+        (zero when it selects none)."""
+        if not mask.any():
             return s.sum() * 0.0
-        return FORGET.get(forget)(s[keep], t[keep], self.cfg) * keep.float().mean()
+        return FORGET.get(forget)(s[mask], t[mask], self.cfg) * mask.float().mean()
 
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state(), "stats": list(self.stats), "cache": dict(self._cache),
