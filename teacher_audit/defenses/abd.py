@@ -46,9 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from teacher_audit.defenses.base import DEFENSES, EvalMode
+from teacher_audit.defenses.base import DEFENSES
 from teacher_audit.defenses.sr_triggers import SR_TRIGGERS, AdditiveTrigger, ClassTriggers, MaskTrigger, SRTrigger, kl_rows
 from teacher_audit.errors import UsageError
+from teacher_audit.modes import EvalMode
 from teacher_audit.probes.shuffle import Suspect, suspect_ensemble
 from teacher_audit.synth.hooks import BatchContext, Hook
 

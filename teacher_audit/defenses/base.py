@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from torch import nn
-
 from teacher_audit.registry import Registry
 from teacher_audit.synth.hooks import Hook
 
@@ -31,18 +29,3 @@ def no_defense(teacher: Any, engine: Any, **options: Any) -> list[Hook]:
         raise UsageError(f"defense 'none' takes no options, got: {', '.join(sorted(options))}")
     return []
 
-
-class EvalMode:
-    """Context: module in eval mode, so samples that are not training data for it (stamped, replayed)
-    leave its BatchNorm running statistics untouched; the previous mode is restored on exit."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-        self.was = module.training
-
-    def __enter__(self) -> nn.Module:
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc: Any) -> None:
-        self.module.train(self.was)

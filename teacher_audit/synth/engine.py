@@ -32,6 +32,7 @@ from torch import nn
 
 from teacher_audit.device import autocast, pick_device
 from teacher_audit.errors import UsageError
+from teacher_audit.modes import EvalMode
 from teacher_audit.synth.checkpoint import load_checkpoint, save_checkpoint
 from teacher_audit.synth.config import PRESETS, EngineConfig
 from teacher_audit.synth.generator import Generator
@@ -206,17 +207,15 @@ class Engine:
             s = None
             if need_s:
                 assert student is not None
-                was = student.training
-                student.eval()
-                flags = [p.requires_grad for p in student.parameters()]
-                for p in student.parameters():
-                    p.requires_grad_(False)
-                try:
-                    s = student(x)
-                finally:
-                    for p, f in zip(student.parameters(), flags):
-                        p.requires_grad_(f)
-                    student.train(was)
+                with EvalMode(student):
+                    flags = [p.requires_grad for p in student.parameters()]
+                    for p in student.parameters():
+                        p.requires_grad_(False)
+                    try:
+                        s = student(x)
+                    finally:
+                        for p, f in zip(student.parameters(), flags):
+                            p.requires_grad_(f)
         st = TermState(t_logits=t, s_logits=s, taps=self.taps, temperature=cfg.temperature, bank=self.bank)
         total = x.new_zeros(())
         terms: dict[str, float] = {}
@@ -461,11 +460,8 @@ class Engine:
 
     def _record_eval(self, evaluate: Callable[[nn.Module], dict[str, float]]) -> None:
         student = self.student
-        was = student.training
-        student.eval()
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with EvalMode(student), torch.random.fork_rng(devices=[]), torch.no_grad():
             metrics = evaluate(student)
-        student.train(was)
         self.history.append({"kind": "eval", "iteration": self.iteration, "passes": self.passes,
                              "seconds": round(self.seconds, 3), **metrics})
 

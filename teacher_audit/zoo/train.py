@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from teacher_audit.modes import EvalMode
 from teacher_audit.teacher import TeacherModel
 
 #: Callback receiving (done_steps, total_steps, info) for progress display.
@@ -81,16 +82,14 @@ def penultimate_hook(net: nn.Module) -> tuple[list[torch.Tensor], torch.utils.ho
 def predict(model: TeacherModel, x: torch.Tensor | Split, batch_size: int = 1000,
             transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Predicted labels of ``model`` (eval mode) on raw images (float [0, 1] tensor or uint8 Split)."""
-    was = model.training
-    model.eval()
     n = len(x) if isinstance(x, Split) else x.shape[0]
     out = []
-    for s in range(0, n, batch_size):
-        xb = x.floats(slice(s, s + batch_size)) if isinstance(x, Split) else x[s:s + batch_size]
-        if transform is not None:
-            xb = transform(xb)
-        out.append(model(xb).argmax(1))
-    model.train(was)
+    with EvalMode(model):
+        for s in range(0, n, batch_size):
+            xb = x.floats(slice(s, s + batch_size)) if isinstance(x, Split) else x[s:s + batch_size]
+            if transform is not None:
+                xb = transform(xb)
+            out.append(model(xb).argmax(1))
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
