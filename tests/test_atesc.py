@@ -199,6 +199,11 @@ def test_atesc_cache_attacks_each_image_once_and_can_leave_the_budget_alone():
     assert hook.attacked == 32 and hook.pgd_passes > 0 and engine.passes == before  # not charged
     s2 = hook.scores(engine, torch.cat([x[:16], x[:16]]))  # replayed copies: no new attack
     assert hook.attacked == 32 and torch.equal(s2, torch.cat([s1[:16], s1[:16]]))
+    # the key of an image does not depend on the batch it comes in: alone, reordered, mixed with new ones
+    assert [hook._keys(x[i:i + 1])[0] for i in range(32)] == hook._keys(x)
+    fresh = _batch(24, 8, seed=1)
+    s3 = hook.scores(engine, torch.cat([fresh[:5], x.flip(0)[:7]]))
+    assert hook.attacked == 37 and torch.equal(s3[5:], s1.flip(0)[:7])
     charged = ATEscHook(ATEscConfig())
     charged.scores(engine, x)
     assert engine.passes == before + charged.pgd_passes

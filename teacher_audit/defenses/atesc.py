@@ -44,7 +44,7 @@ The paper's code is not public; every choice it leaves open is an option here (d
   ``forget_gate`` the same choice for the batch's own robust group once a trap is seen (default ``"all"``);
 * ``lam`` = lambda, default 1 (the paper's best);
 * ``cache`` (default on): a sample's robustness score is computed once and remembered (keyed by a
-  fixed random projection of its pixels). Replay presets (``fast``, ``cmi``) draw every student batch
+  digest of its pixel bytes). Replay presets (``fast``, ``cmi``) draw every student batch
   from a pool of earlier synthetic images; without the cache each replayed image would be attacked
   again on every draw (10 student steps per synthesised batch in ``fast``: ~10x the teacher passes of
   the whole synthesis). The teacher is frozen, so the cached score is the one a new attack would give
@@ -61,6 +61,7 @@ Outputs: the hooks; ``ATEscHook.stats`` keeps per-step robust shares and split t
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -221,18 +222,16 @@ class ATEscHook(Hook):
         self.stats: list[dict[str, float]] = []
         self.attacked = 0  # images attacked with PGD (cache misses)
         self.pgd_passes = 0  # teacher passes spent by the attack
-        self._cache: dict[float, float] = {}
-        self._proj: torch.Tensor | None = None
+        self._cache: dict[bytes, float] = {}
         self.mem_x: torch.Tensor | None = None  # robust samples kept for replay (trap_memory)
         self.mem_t: torch.Tensor | None = None  # the teacher's logits on them
 
-    def _keys(self, x: torch.Tensor) -> list[float]:
-        """One float64 key per image: a fixed random projection of its pixels (exact for replayed copies)."""
-        flat = x.detach().flatten(1).double().cpu()
-        if self._proj is None or self._proj.shape[0] != flat.shape[1]:
-            self._proj = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(12345),
-                                     dtype=torch.float64)
-        return (flat @ self._proj).tolist()
+    def _keys(self, x: torch.Tensor) -> list[bytes]:
+        """One key per image: a digest of its pixels' bytes. Exact, and the same whichever batch the image
+        comes in (a float projection computed as one matrix product was not: its rounding depended on
+        the batch, so a few replayed images missed the cache and were attacked again)."""
+        rows = x.detach().float().cpu().contiguous().flatten(1).numpy()
+        return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
 
     def scores(self, engine: Any, x: torch.Tensor) -> torch.Tensor:
         """Robustness scores of ``x``, attacking only the images not seen before (when ``cache`` is on)."""
@@ -383,7 +382,7 @@ class ATEscHook(Hook):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
         self.stats = list(state.get("stats", []))
-        self._cache = dict(state.get("cache", {}))
+        self._cache = {k: v for k, v in state.get("cache", {}).items() if isinstance(k, bytes)}  # older float keys never match
         self.attacked = int(state.get("attacked", 0))
         self.pgd_passes = int(state.get("pgd_passes", 0))
         self.mem_x, self.mem_t = state.get("mem_x"), state.get("mem_t")
