@@ -329,8 +329,9 @@ class DefenseBench:
                 "teacher_ood": self.acc(t, self.xo) if self.xo is not None else None}
 
     def run(self, label: str, defense: str, opts: dict[str, Any], seed: int, budget: int,
-            preset: str) -> dict[str, Any]:
-        """Distil at engine seed ``seed`` with ``defense`` (``none``: plain DFKD); ``{label}_*`` fields."""
+            preset: str, seconds: float | None = None) -> dict[str, Any]:
+        """Distil at engine seed ``seed`` with ``defense`` (``none``: plain DFKD); ``{label}_*`` fields.
+        ``seconds``: a wall-clock budget instead of ``budget`` teacher passes."""
         from teacher_audit.defenses import DEFENSES
         from teacher_audit.synth import PRESETS, Engine
 
@@ -338,7 +339,8 @@ class DefenseBench:
         engine = Engine(self.teacher, PRESETS.get(preset)(), device="cpu", seed=seed)
         hooks = DEFENSES.get(defense)(self.teacher, engine, **opts)
         t0 = time.perf_counter()
-        res = engine.run(budget_passes=budget, hooks=hooks, progress=False)
+        res = engine.run(budget_passes=None if seconds else budget, budget_seconds=seconds, hooks=hooks,
+                         progress=False)
         s = res.student
         out: dict[str, Any] = {
             f"{label}_options": opts,
@@ -349,10 +351,11 @@ class DefenseBench:
             f"{label}_ood": self.acc(s, self.xo) if self.xo is not None else None,
             f"{label}_agree_ood": self.agree_ood(s),
             f"{label}_seconds": time.perf_counter() - t0,
+            f"{label}_pgd_passes": int(getattr(hooks[0], "pgd_passes", 0)) if hooks else 0,
         }
         if defense == "atesc":
             sm = hooks[0].summary()  # type: ignore[attr-defined]
-            out.update({f"{label}_{k}": sm[k] for k in ("robust_share", "trap_steps", "steps")})
+            out.update({f"{label}_{k}": sm[k] for k in ("robust_share", "trap_steps", "steps", "pgd_seconds")})
         return out
 
 
@@ -380,8 +383,10 @@ def run_key(name: str, label: str, defense: str, opts: dict[str, Any], seed: int
     """File name of one cached seeds-suite run (teacher, label, seed and a hash of what it ran)."""
     import hashlib
 
-    what = json.dumps({"defense": defense, "opts": opts, "budget": args.budget, "n": args.n,
-                       "preset": args.preset}, sort_keys=True)
+    spec = {"defense": defense, "opts": opts, "budget": args.budget, "n": args.n, "preset": args.preset}
+    if args.budget_seconds:  # a wall-clock budget replaces the passes budget (older keys unchanged)
+        spec = dict(spec, budget=None, budget_seconds=args.budget_seconds)
+    what = json.dumps(spec, sort_keys=True)
     return f"{name}__{label}__s{seed}__{hashlib.sha256(what.encode()).hexdigest()[:10]}.json"
 
 
@@ -406,7 +411,8 @@ def suite_seeds(args: argparse.Namespace) -> None:
                     if args.merge:
                         continue
                     bench = bench or DefenseBench(name, args.n)
-                    got = dict(bench.row(), **bench.run(label, defense, opts, seed, args.budget, args.preset))
+                    got = dict(bench.row(), **bench.run(label, defense, opts, seed, args.budget, args.preset,
+                                                        args.budget_seconds))
                     atomic_write_text(f, json.dumps(got, indent=1, default=float))
                     print(name, seed, label, {k: v for k, v in got.items() if not k.endswith("_options")}, flush=True)
                 row.update(json.loads(f.read_text()))
@@ -555,6 +561,9 @@ def main() -> None:
     ap.add_argument("--probe-preset", default="", help="detect: override the probe's own synthesis preset")
     ap.add_argument("--atesc-options", default="", help="defense: ATEsc options, e.g. charge_passes=0,lam=1")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget-seconds", type=float, default=None,
+                    help="seeds: a wall-clock budget per run instead of --budget passes (run the compared "
+                         "variants side by side so they see the same machine load)")
     ap.add_argument("--reuse", action="store_true", help="reuse rows of an earlier detect run")
     ap.add_argument("--extra-zoo", action="append", default=[], help="another folder of zoo-built teachers")
     ap.add_argument("--out", default="", help="results file suffix (keeps runs apart)")

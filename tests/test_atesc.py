@@ -197,6 +197,7 @@ def test_atesc_cache_attacks_each_image_once_and_can_leave_the_budget_alone():
     before = engine.passes
     s1 = hook.scores(engine, x)
     assert hook.attacked == 32 and hook.pgd_passes > 0 and engine.passes == before  # not charged
+    assert hook.summary()["pgd_seconds"] > 0  # the attack's wall time is reported beside its passes
     s2 = hook.scores(engine, torch.cat([x[:16], x[:16]]))  # replayed copies: no new attack
     assert hook.attacked == 32 and torch.equal(s2, torch.cat([s1[:16], s1[:16]]))
     # the key of an image does not depend on the batch it comes in: alone, reordered, mixed with new ones

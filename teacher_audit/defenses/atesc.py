@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -222,6 +223,7 @@ class ATEscHook(Hook):
         self.stats: list[dict[str, float]] = []
         self.attacked = 0  # images attacked with PGD (cache misses)
         self.pgd_passes = 0  # teacher passes spent by the attack
+        self.pgd_seconds = 0.0  # wall-clock seconds spent by the attack
         self._cache: dict[bytes, float] = {}
         self.mem_x: torch.Tensor | None = None  # robust samples kept for replay (trap_memory)
         self.mem_t: torch.Tensor | None = None  # the teacher's logits on them
@@ -249,7 +251,8 @@ class ATEscHook(Hook):
         return torch.tensor([self._cache[k] for k in keys], dtype=torch.float32)
 
     def robustness(self, engine: Any, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample robustness score (higher = more robust); counts the PGD passes."""
+        """Per-sample robustness score (higher = more robust); counts the PGD passes and seconds."""
+        t0 = time.perf_counter()
         model = engine.teacher.model
         vr = tuple(float(v) for v in engine.spec.value_range)
         if self.cfg.measure == "kl":
@@ -262,6 +265,7 @@ class ATEscHook(Hook):
                                           generator=self.gen)
             score = torch.log10(eps * 255)
         self.pgd_passes += int(passes)
+        self.pgd_seconds += time.perf_counter() - t0
         if self.cfg.charge_passes:
             engine.passes += int(passes)
         return score
@@ -279,7 +283,7 @@ class ATEscHook(Hook):
         steps = len(self.stats)
         return {"steps": steps, "trap_steps": int(sum(bool(r.get("trap")) for r in self.stats)),
                 "robust_share": sum(r["robust_share"] for r in self.stats) / steps if steps else 0.0,
-                "pgd_passes": self.pgd_passes, "attacked": self.attacked}
+                "pgd_passes": self.pgd_passes, "pgd_seconds": self.pgd_seconds, "attacked": self.attacked}
 
     @property
     def note(self) -> str:
@@ -289,7 +293,7 @@ class ATEscHook(Hook):
         seen = (f"trap seen in {sm['trap_steps']} of {sm['steps']} student steps" if sm["trap_steps"] else
                 f"no trap seen in {sm['steps']} student steps (the run was plain KD)")
         return (f"{seen}; mean robust share {100 * sm['robust_share']:.1f}%; PGD attack {sm['pgd_passes']} "
-                f"teacher passes on {sm['attacked']} images ({charged})")
+                f"teacher passes on {sm['attacked']} images ({charged}), {sm['pgd_seconds']:.0f} s")
 
     def generator_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "generator":
@@ -377,7 +381,8 @@ class ATEscHook(Hook):
 
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state(), "stats": list(self.stats), "cache": dict(self._cache),
-                "attacked": self.attacked, "pgd_passes": self.pgd_passes, "mem_x": self.mem_x, "mem_t": self.mem_t}
+                "attacked": self.attacked, "pgd_passes": self.pgd_passes,
+                "pgd_seconds": self.pgd_seconds, "mem_x": self.mem_x, "mem_t": self.mem_t}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
@@ -385,6 +390,7 @@ class ATEscHook(Hook):
         self._cache = {k: v for k, v in state.get("cache", {}).items() if isinstance(k, bytes)}  # older float keys never match
         self.attacked = int(state.get("attacked", 0))
         self.pgd_passes = int(state.get("pgd_passes", 0))
+        self.pgd_seconds = float(state.get("pgd_seconds", 0.0))
         self.mem_x, self.mem_t = state.get("mem_x"), state.get("mem_t")
 
 
