@@ -387,7 +387,8 @@ class ATEscHook(Hook):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
         self.stats = list(state.get("stats", []))
-        self._cache = {k: v for k, v in state.get("cache", {}).items() if isinstance(k, bytes)}  # older float keys never match
+        # keys of checkpoints written before the digest keys were floats; they would never match
+        self._cache = {k: v for k, v in state.get("cache", {}).items() if isinstance(k, bytes)}
         self.attacked = int(state.get("attacked", 0))
         self.pgd_passes = int(state.get("pgd_passes", 0))
         self.pgd_seconds = float(state.get("pgd_seconds", 0.0))
