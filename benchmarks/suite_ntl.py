@@ -342,16 +342,16 @@ class DefenseBench:
         res = engine.run(budget_passes=None if seconds else budget, budget_seconds=seconds, hooks=hooks,
                          progress=False)
         s = res.student
+        pgd = int(getattr(hooks[0], "pgd_passes", 0)) if hooks else 0  # the attack's passes (ATEsc)
         out: dict[str, Any] = {
             f"{label}_options": opts,
-            f"{label}_passes": int(engine.passes) + int(getattr(hooks[0], "pgd_passes", 0) if hooks and
-                                                         not opts.get("charge_passes", True) else 0),
+            f"{label}_passes": int(engine.passes) + (0 if opts.get("charge_passes", True) else pgd),
             f"{label}_iterations": int(engine.iteration),
             f"{label}_id": self.acc(s, self.data.x),
             f"{label}_ood": self.acc(s, self.xo) if self.xo is not None else None,
             f"{label}_agree_ood": self.agree_ood(s),
             f"{label}_seconds": time.perf_counter() - t0,
-            f"{label}_pgd_passes": int(getattr(hooks[0], "pgd_passes", 0)) if hooks else 0,
+            f"{label}_pgd_passes": pgd,
         }
         if defense == "atesc":
             sm = hooks[0].summary()  # type: ignore[attr-defined]
