@@ -233,6 +233,8 @@ def _load_onnx(path: Path, opts: LoadOptions, card: dict[str, Any] | None, intak
     ot = load_onnx(path)
     intake.onnx_parity_max_abs_diff = float(ot.parity_max_abs_diff)
     intake.tensor_count = len(ot.net.state_dict())
+    if ot.input_layout == "nhwc":
+        intake.notes.append("ONNX input is channels-last (N,H,W,C); images are transposed from NCHW for it")
     if opts.arch:
         intake.notes.append(f"--arch {opts.arch} ignored: ONNX files carry their own graph")
     return _Loaded(net=ot.net, arch="onnx", arch_source="onnx", onnx_spec=dict(ot.spec),

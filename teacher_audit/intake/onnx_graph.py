@@ -121,6 +121,7 @@ class OnnxModule(nn.Module):
                             if op_type == "BatchNormalization" and _key(outs[0]) in self.bn}
         self._consumed = used
         self.node_index = 0
+        self.num_outputs = 0  # output count of the node being run (Split without sizes needs it)
 
     def _live_nodes(self, graph: Any, known: set[str]) -> list[Any]:
         """Nodes needed for the first output, topologically sorted; cycles/undefined names are corrupt."""
@@ -206,7 +207,7 @@ class OnnxModule(nn.Module):
         for name, (kind, ref) in self._slots.items():
             env[name] = self.weights[ref] if kind == "p" else buffers[ref]  # type: ignore[index]
         for idx, (op_type, ins, outs, attrs) in enumerate(self._nodes):
-            self.node_index = idx
+            self.node_index, self.num_outputs = idx, len(outs)
             args = [env[name] if name else None for name in ins]
             results = ONNX_OPS.get(op_type)(self, attrs, args)
             for name, value in zip(outs, results):
@@ -234,3 +235,14 @@ class BatchChunked(nn.Module):
                 chunk = torch.cat([chunk, chunk[-1:].expand(self.size - n, *chunk.shape[1:])])
             outs.append(self.net(chunk)[:n])
         return torch.cat(outs)
+
+
+class ChannelsLast(nn.Module):
+    """Feeds a channels-last (NHWC) graph from the NCHW tensors the rest of the tool uses."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.permute(0, 2, 3, 1))

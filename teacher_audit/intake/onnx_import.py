@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from teacher_audit.errors import CorruptInput, NotAuditable
-from teacher_audit.intake.onnx_graph import BatchChunked, OnnxModule
+from teacher_audit.intake.onnx_graph import BatchChunked, ChannelsLast, OnnxModule
 
 MAX_BATCH = 256
 MAX_INPUT_ELEMENTS = 3 * 1024 * 1024
@@ -50,7 +50,8 @@ class OnnxTeacher:
     """A converted ONNX classifier.
 
     Attributes:
-        net: torch module taking a normalised NCHW float tensor, returning logits.
+        net: torch module taking a normalised NCHW float tensor, returning logits (whatever the graph's
+            own layout).
         spec: input-spec fields read off the graph (``channels``, ``height``, ``width``, ``num_classes``;
             dynamic dimensions are left out), ready for ``card.resolve_spec(onnx_spec=...)``.
         parity_max_abs_diff: max |torch - onnxruntime| over the parity inputs.
@@ -61,6 +62,8 @@ class OnnxTeacher:
         batch_chunked: the graph only runs at its static batch size, so ``net`` splits larger batches.
         external_data: external-data locations that were checked and loaded.
         parity_samples: number of random inputs compared.
+        input_layout: the graph's own input layout; for ``"nhwc"`` (channels-last, e.g. TensorFlow exports)
+            ``net`` is wrapped in :class:`ChannelsLast`, so it still takes NCHW like every other teacher.
     """
 
     net: nn.Module
@@ -73,6 +76,7 @@ class OnnxTeacher:
     batch_chunked: bool = False
     external_data: list[str] = field(default_factory=list)
     parity_samples: int = 0
+    input_layout: str = "nchw"
 
 
 # ----------------------------------------------------------------------------- external data
@@ -128,19 +132,33 @@ def _dims(value_info: Any) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in shape.dim]
 
 
-def graph_spec(model: Any, input_name: str) -> tuple[dict[str, int], int | None]:
-    """Input-spec fields (static dims only) and the static batch size read off the graph."""
+#: channel counts that mark an image axis (grey, RGB, RGBA)
+_CHANNELS = (1, 3, 4)
+
+
+def input_layout(dims: list[int | None]) -> str:
+    """``"nhwc"`` when a rank-4 input is channels-last (TensorFlow/Keras exports: last axis 1, 3 or 4, second
+    axis static and not), else ``"nchw"``."""
+    if dims[3] in _CHANNELS and dims[1] is not None and dims[1] not in _CHANNELS and dims[2] is not None:
+        return "nhwc"
+    return "nchw"
+
+
+def graph_spec(model: Any, input_name: str) -> tuple[dict[str, int], int | None, str]:
+    """Input-spec fields in NCHW terms (static dims only), the static batch size and the input layout."""
     vi = next(v for v in model.graph.input if v.name == input_name)
     if vi.type.tensor_type.elem_type != 1:
         raise NotAuditable("ONNX model input is not float32")
     dims = _dims(vi)
     if len(dims) != 4:
-        raise NotAuditable(f"ONNX model input has rank {len(dims)}; expected an NCHW image batch")
-    spec = {k: v for k, v in zip(("channels", "height", "width"), dims[1:]) if v is not None}
+        raise NotAuditable(f"ONNX model input has rank {len(dims)}; expected an NCHW or NHWC image batch")
+    layout = input_layout(dims)
+    chw = (dims[3], dims[1], dims[2]) if layout == "nhwc" else tuple(dims[1:])
+    spec = {k: v for k, v in zip(("channels", "height", "width"), chw) if v is not None}
     out = _dims(model.graph.output[0])
     if len(out) == 2 and out[1] is not None:
         spec["num_classes"] = out[1]
-    return spec, dims[0]
+    return spec, dims[0], layout
 
 
 def onnxruntime_parity(model: Any, net: nn.Module, shape: tuple[int, ...], trials: int = 3,
@@ -233,9 +251,10 @@ def load_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, int, int]
         net = OnnxModule(model).eval()
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
         raise CorruptInput(f"ONNX graph cannot be converted: {_why(exc)}") from None
-    spec, static_batch = graph_spec(model, net.input_name)
+    spec, static_batch, layout = graph_spec(model, net.input_name)
     chw = input_shape or (spec.get("channels", 3), spec.get("height", 32), spec.get("width", 32))
-    shape = (static_batch or 2, *chw)
+    c, h, w = chw
+    shape = (static_batch or 2, *((h, w, c) if layout == "nhwc" else chw))  # in the graph's own layout
     if shape[0] > MAX_BATCH or int(np.prod(chw)) > MAX_INPUT_ELEMENTS:
         raise NotAuditable(f"ONNX model input {list(shape)} is larger than this tool audits")
     try:
@@ -250,14 +269,17 @@ def load_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, int, int]
     module: nn.Module = net
     if static_batch is not None and not _batch_generalises(net, shape, seed):
         module, chunked = BatchChunked(net, static_batch).eval(), True
+    if layout == "nhwc":
+        module = ChannelsLast(module).eval()
     if "num_classes" not in spec:
         try:
             with torch.no_grad():
-                logits = module(torch.zeros(*shape))
+                logits = module(torch.zeros(shape[0], *chw))
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError, ZeroDivisionError) as exc:
             raise NotAuditable(f"ONNX graph cannot be interpreted: {_why(exc)}") from None
         if logits.dim() == 2:
             spec["num_classes"] = int(logits.shape[1])
     return OnnxTeacher(net=module, spec=spec, parity_max_abs_diff=diff, has_batchnorm=len(net.bn) > 0,
                        opset=net.opset, ops=dict(net.ops), static_batch=static_batch, batch_chunked=chunked,
+                       input_layout=layout,
                        external_data=locations, parity_samples=parity_trials * shape[0])

@@ -28,6 +28,7 @@ from teacher_audit.registry import Registry
 class OpContext(Protocol):
     opset: int
     node_index: int
+    num_outputs: int
 
     def batchnorm(self, index: int) -> torch.nn.Module | None: ...
 
@@ -175,6 +176,42 @@ def div(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
     return [x / y]
 
 
+_COMPARE: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "Equal": torch.eq, "Less": torch.lt, "LessOrEqual": torch.le, "Greater": torch.gt, "GreaterOrEqual": torch.ge,
+    "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor,
+}
+
+
+def _compare(name: str) -> None:
+    fn = _COMPARE[name]
+    ONNX_OPS.register(name)(lambda ctx, a, i: [fn(i[0], i[1])])
+
+
+for _n in _COMPARE:
+    _compare(_n)
+
+
+@op("Not")
+def not_(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [torch.logical_not(i[0])]
+
+
+@op("Where")
+def where(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [torch.where(i[0].bool(), i[1], i[2])]
+
+
+@op("Mod")
+def mod(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    """``fmod=0``: the result takes the divisor's sign (integers only, as the spec requires); ``fmod=1``:
+    the dividend's sign (C fmod)."""
+    if a.get("fmod", 0):
+        return [torch.fmod(i[0], i[1])]
+    if i[0].is_floating_point() or i[1].is_floating_point():
+        raise _unsupported("Mod with fmod=0 on floating-point inputs")
+    return [torch.remainder(i[0], i[1])]
+
+
 @op("Pow")
 def pow_(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
     return [torch.pow(i[0], i[1])]
@@ -183,7 +220,8 @@ def pow_(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
 _UNARY: dict[str, Callable[[Tensor], Tensor]] = {
     "Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp, "Log": torch.log,
     "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs, "Erf": torch.erf, "Reciprocal": torch.reciprocal,
-    "Softplus": F.softplus, "Floor": torch.floor, "Ceil": torch.ceil,
+    "Softplus": F.softplus, "Floor": torch.floor, "Ceil": torch.ceil, "Softsign": F.softsign, "Mish": F.mish,
+    "Sin": torch.sin, "Cos": torch.cos, "Sign": torch.sign, "Round": torch.round,
 }
 
 
@@ -199,6 +237,25 @@ for _n in _UNARY:
 @op("LeakyRelu")
 def leaky_relu(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
     return [F.leaky_relu(i[0], a.get("alpha", 0.01))]
+
+
+@op("PRelu")
+def prelu(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    """Slope broadcast against the input (unidirectional, as the spec says); not ``F.prelu``, which wants a
+    per-channel vector."""
+    x, slope = i[0], i[1]
+    return [torch.where(x < 0, x * slope, x)]
+
+
+@op("Gelu")
+def gelu(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    return [F.gelu(i[0], approximate=a.get("approximate", "none"))]
+
+
+@op("Selu")
+def selu(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
+    return [gamma * torch.where(i[0] > 0, i[0], alpha * (torch.exp(i[0]) - 1))]
 
 
 @op("Elu")
@@ -316,19 +373,49 @@ ONNX_OPS.register("Softmax")(_softmax(torch.softmax))
 ONNX_OPS.register("LogSoftmax")(_softmax(torch.log_softmax))
 
 
-@op("ReduceMean")
-def reduce_mean(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
-    x = i[0]
-    axes = a.get("axes")
-    if ctx.opset >= 18 and len(i) > 1 and i[1] is not None:
-        axes = _ints(i[1])
-    keep = bool(a.get("keepdims", 1))
-    if not axes:
-        if a.get("noop_with_empty_axes", 0):
-            return [x]
-        axes = list(range(x.dim()))
-    return [x.mean(dim=tuple(axes), keepdim=keep)]
+_REDUCE: dict[str, Callable[[Tensor, tuple[int, ...], bool], Tensor]] = {
+    "ReduceMean": lambda x, d, k: x.mean(dim=d, keepdim=k),
+    "ReduceSum": lambda x, d, k: x.sum(dim=d, keepdim=k),
+    "ReduceMax": lambda x, d, k: x.amax(dim=d, keepdim=k),
+    "ReduceMin": lambda x, d, k: x.amin(dim=d, keepdim=k),
+    "ReduceProd": lambda x, d, k: _prod(x, d, k),
+    "ReduceL1": lambda x, d, k: x.abs().sum(dim=d, keepdim=k),
+    "ReduceL2": lambda x, d, k: torch.sqrt((x * x).sum(dim=d, keepdim=k)),
+    "ReduceSumSquare": lambda x, d, k: (x * x).sum(dim=d, keepdim=k),
+    "ReduceLogSumExp": lambda x, d, k: torch.logsumexp(x, dim=d, keepdim=k),
+    "ReduceLogSum": lambda x, d, k: torch.log(x.sum(dim=d, keepdim=k)),
+}
 
 
-# shape/structure operators live in their own module; importing it registers them
-from teacher_audit.intake import onnx_ops_shape  # noqa: E402,F401
+def _prod(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
+    for d in sorted((d % x.dim() for d in dims), reverse=True):
+        x = x.prod(dim=d, keepdim=keep)
+    return x
+
+
+def _reduce(name: str) -> OpFn:
+    fn = _REDUCE[name]
+    # the axes attribute became an input: ReduceSum at opset 13, the others at opset 18
+    input_from = 13 if name == "ReduceSum" else 18
+
+    def impl(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+        x = i[0]
+        axes = a.get("axes")
+        if ctx.opset >= input_from and len(i) > 1 and i[1] is not None:
+            axes = _ints(i[1])
+        keep = bool(a.get("keepdims", 1))
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                return [x]
+            axes = list(range(x.dim()))
+        return [fn(x, tuple(axes), keep)]
+
+    return impl
+
+
+for _n in _REDUCE:
+    ONNX_OPS.register(_n)(_reduce(_n))
+
+
+# shape/structure, normalisation and resize operators live in their own modules; importing them registers them
+from teacher_audit.intake import onnx_ops_norm, onnx_ops_resize, onnx_ops_shape  # noqa: E402,F401

@@ -92,7 +92,8 @@ def gather(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
     axis = a.get("axis", 0) % data.dim()
     idx = torch.where(idx < 0, idx + data.shape[axis], idx)
     out = torch.index_select(data, axis, idx.reshape(-1))
-    return [out.reshape(*data.shape[:axis], *idx.shape, *data.shape[axis + 1:])]
+    # a tuple, not unpacked: a scalar index into a 1-d tensor (``x.size(0)`` in a dynamic-batch export) is 0-d
+    return [out.reshape((*data.shape[:axis], *idx.shape, *data.shape[axis + 1:]))]
 
 
 def _axes(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[int] | None:
@@ -171,3 +172,43 @@ def slice_(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
             raise _unsupported("Slice with non-positive step")
         index[ax % x.dim()] = slice(s, e, st)
     return [x[tuple(index)]]
+
+
+@op("Split")
+def split(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    """Sizes from the ``split`` attribute (before opset 13) or input, else ``num_outputs`` (opset 18) or
+    the node's output count, as even chunks (the last one smaller when the axis does not divide)."""
+    x = i[0]
+    axis = a.get("axis", 0) % x.dim()
+    sizes = _ints(i[1]) if ctx.opset >= 13 and len(i) > 1 and i[1] is not None else a.get("split")
+    if sizes:
+        return list(torch.split(x, list(sizes), dim=axis))
+    n = int(a.get("num_outputs", ctx.num_outputs))
+    if n <= 0:
+        raise _unsupported("Split into no outputs")
+    return list(torch.split(x, math.ceil(x.shape[axis] / n), dim=axis))
+
+
+@op("Expand")
+def expand(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    """Numpy-style two-way broadcast of the input against the shape argument."""
+    x, shape = i[0], _ints(i[1])
+    out = list(torch.broadcast_shapes(tuple(x.shape), tuple(shape)))
+    _check_size(out, "Expand")
+    return [x.expand(out)]
+
+
+@op("Tile")
+def tile(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    reps = _ints(i[1])
+    _check_size([d * r for d, r in zip(i[0].shape, reps)], "Tile")
+    return [i[0].repeat(*reps)]
+
+
+@op("Range")
+def range_(ctx: OpContext, a: dict[str, Any], i: list[Any]) -> list[Any]:
+    start, limit, delta = (float(t.reshape(-1)[0]) for t in i[:3])
+    if delta == 0:
+        raise _unsupported("Range with delta 0")
+    _check_size([max(0, math.ceil((limit - start) / delta))], "Range")
+    return [torch.arange(start, limit, delta, dtype=i[0].dtype, device=i[0].device)]
