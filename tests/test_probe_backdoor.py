@@ -10,6 +10,7 @@ from teacher_audit.probes.backdoor_fused import FusedBackdoorProbe, FusedConfig
 from teacher_audit.probes.backdoor_inversion import InversionConfig, InversionProbe
 from teacher_audit.probes.backdoor_margin import MarginConfig, MarginProbe, gamma_pvalue
 from teacher_audit.probes.backdoor_shuffle import ShuffleConfig, ShuffleProbe
+from teacher_audit.probes.calibration import scope
 from teacher_audit.report.model import ProbeResult
 
 TARGET = 3
@@ -193,3 +194,21 @@ def test_robust_inversion_finds_a_global_trigger(blend_pair):
     assert rb.budget.teacher_passes > 3 * 60 * 80
     assert PROBES.get("backdoor_robust_inversion") is RobustInversionProbe
     assert "backdoor_robust_inversion" in FusedConfig().components
+
+
+def test_out_of_calibration_architecture_is_said():
+    """With the built-in calibration, a teacher outside its architectures gets the note; a calibrated one, or
+    the user's own calibration/threshold, does not; ``combine`` keeps it."""
+    from teacher_audit.report.model import Budget
+
+    res = _component_results(3)
+    out = FusedBackdoorProbe().conclude(res, Budget(), [], {"calibration_scope": scope("onnx")})
+    assert out.flagged and "outside that set" in out.summary
+    assert out.details["calibration_scope"] == {"archs": ["smallcnn", "lenet5"], "teacher_arch": "onnx",
+                                                "in_scope": False}
+    again = FusedBackdoorProbe().combine(out, {"ntl_robustness": _ntl(5, 0.2, False, False, None)})
+    assert "outside that set" in again.summary
+    inside = FusedBackdoorProbe().conclude(res, Budget(), [], {"calibration_scope": scope("smallcnn")})
+    assert "outside" not in inside.summary
+    own = FusedBackdoorProbe(FusedConfig(threshold=5.0)).conclude(res, Budget(), [], {"calibration_scope": scope("onnx")})
+    assert "outside" not in own.summary

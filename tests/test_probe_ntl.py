@@ -8,6 +8,7 @@ from torch import nn
 
 from teacher_audit.attacks.profile import ProfileConfig
 from teacher_audit.probes import PROBES
+from teacher_audit.probes.calibration import scope, scope_note
 from teacher_audit.probes.ntl_robustness import NTLConfig, NTLRobustnessProbe
 from teacher_audit.synth import PRESETS, Engine
 from teacher_audit.teacher import Teacher
@@ -164,3 +165,11 @@ def test_trap_inversion_separates_a_bn_free_ntl_teacher_from_its_clean_twin(stro
     assert rt.details["trap_inversion_score"] > rc.details["trap_inversion_score"]
     assert {"trap_inversion", "trap_inversion_stamped"} <= {e.name for e in rt.evidence}
     assert rt.budget.teacher_passes > rt.details["n_pull_samples"] + 40 * 80  # the inversion's passes count
+
+
+def test_out_of_calibration_architecture_is_said(runs):
+    """The tiny teachers are not a calibrated architecture: the finding says so, flagged or not."""
+    for r in runs:
+        assert r.details["calibration_scope"]["in_scope"] is False
+        assert "outside that set" in r.summary
+    assert scope("smallcnn")["in_scope"] and scope_note("lenet5") is None

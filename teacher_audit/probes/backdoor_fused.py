@@ -46,6 +46,7 @@ from teacher_audit.probes.backdoor_inversion import (InversionConfig, InversionP
 from teacher_audit.probes.backdoor_margin import MarginConfig, MarginProbe
 from teacher_audit.probes.backdoor_shuffle import ShuffleConfig, ShuffleProbe
 from teacher_audit.probes.base import PROBES, Probe
+from teacher_audit.probes.calibration import scope, scope_note
 from teacher_audit.report.model import Budget, ProbeResult
 from teacher_audit.severity import Severity
 from teacher_audit.teacher import Teacher
@@ -326,7 +327,8 @@ class FusedBackdoorProbe(Probe):
         passes = clock.passes + sum(r.budget.teacher_passes for r in ok)
         budget = Budget(teacher_passes=passes, seconds=clock.seconds)
         return self.conclude(results, budget, [e for r in ok for e in r.evidence],
-                             {"sample_source": source, "synthesis_bn_prior": has_bn_prior(teacher, engine)})
+                             {"sample_source": source, "synthesis_bn_prior": has_bn_prior(teacher, engine),
+                              "calibration_scope": scope(teacher.arch)})
 
     def conclude(self, results: dict[str, ProbeResult], budget: Budget, evidence: list[Any],
                  extra: dict[str, Any] | None = None, ntl: ProbeResult | None = None) -> ProbeResult:
@@ -352,6 +354,11 @@ class FusedBackdoorProbe(Probe):
         summary = (f"backdoor suspected, target class {tgt} (fused z {score:.1f} > {thr:.1f}; strongest signal: "
                    f"{everyone[lead].summary})" if flagged else
                    f"no backdoor signal above threshold (fused z {score:.1f} <= {thr:.1f})")
+        sc = (extra or {}).get("calibration_scope")
+        default_calib = cfg.calibration is None and cfg.threshold is None
+        out_of_scope = scope_note(sc["teacher_arch"]) if sc and default_calib else None
+        if out_of_scope:
+            summary += "; " + out_of_scope
         if traps:
             summary += (f"; class {', '.join(map(str, traps))} left out: the NTL probe attributes it to a robust "
                         "OOD trap (see the NTL finding)")

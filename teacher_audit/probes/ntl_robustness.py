@@ -58,6 +58,7 @@ from teacher_audit.probes.backdoor_common import Clock, has_bn_prior
 from teacher_audit.probes.backdoor_inversion import (ROBUST_GAP_THRESHOLD, RobustInversionConfig, invert_triggers,
                                                      mask_gap, trigger_evidence)
 from teacher_audit.probes.base import PROBES, Probe
+from teacher_audit.probes.calibration import scope, scope_note
 from teacher_audit.report.model import Budget, Evidence, ProbeResult
 from teacher_audit.severity import Severity
 from teacher_audit.teacher import Teacher
@@ -301,6 +302,9 @@ class NTLRobustnessProbe(Probe):
             notes.append(f"suspected trap class {trap_cls}: a backdoor trigger pulls synthesis (and a global trigger "
                          "such as Blend survives the robust inversion) the same way (measured on the zoo's backdoored "
                          "teachers) -- read the backdoor probes' result before concluding NTL rather than backdoor")
+        out_of_scope = scope_note(teacher.arch) if cfg.threshold == DEFAULT_THRESHOLD else None
+        if out_of_scope:
+            notes.append(out_of_scope)
         summary = ("NTL trap suspected: " if flagged else "no NTL trap pattern: ") + msg
         if notes:
             summary += "; " + "; ".join(notes)
@@ -316,7 +320,8 @@ class NTLRobustnessProbe(Probe):
             probe=self.name, threat="ntl", status="ok", score=score, threshold=cfg.threshold, flagged=flagged,
             severity=Severity.HIGH if flagged else Severity.INFO, summary=summary,
             target_class=trap_cls if flagged else None,
-            details={**f, "notes": notes, "profile": {"eps_max_255": cfg.profile.eps_max * 255,
-                                                       "bisection_steps": cfg.profile.bisection_steps,
-                                                       "pgd_steps": cfg.profile.pgd_steps}},
+            details={**f, "notes": notes, "calibration_scope": scope(teacher.arch),
+                     "profile": {"eps_max_255": cfg.profile.eps_max * 255,
+                                 "bisection_steps": cfg.profile.bisection_steps,
+                                 "pgd_steps": cfg.profile.pgd_steps}},
             evidence=ev, budget=Budget(teacher_passes=prof.passes + inv_passes, seconds=round(time.perf_counter() - t0, 2)), seed=cfg.seed)
