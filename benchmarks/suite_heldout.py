@@ -96,6 +96,15 @@ def row(path: Path, report: dict[str, Any]) -> str:
             f"{'yes' if right else 'no'} | {report['_meta']['seconds']:.0f} |")
 
 
+def write_table(title: str, script: str, intro: str, lines: list[str], notes: str = "") -> None:
+    """Write ``## title`` of docs/benchmarks.md: the command and machine header, ``intro``, the table
+    ``lines`` and, when given, the Markdown of the ``notes`` file."""
+    body = header(" ".join([f"python benchmarks/{script}"] + sys.argv[1:])) + "\n" + intro + "\n\n" + "\n".join(lines)
+    if notes:
+        body += "\n\n" + Path(notes).read_text().strip()
+    write_section(title, body)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", default=str(ROOT / "zoo-cache"), help="folder with the zoo's clean teachers")
@@ -125,15 +134,12 @@ def main() -> None:
         lines.append(row(f, rep))
         print(lines[-1], flush=True)
     if args.write_docs:
-        body = (header(" ".join(["python benchmarks/suite_heldout.py"] + sys.argv[1:])) +
-                "\nTeachers built from `benchmarks/heldout.toml` after the probes' thresholds were fixed; none of them "
-                "was used to calibrate a threshold (the reading below says which were looked at while a later rule was "
-                "designed). 'right' = backdoored: flagged with the true target; NTL: "
-                "the NTL probe flags it. Default policy, budgets and preset (`dfq`); thresholds: backdoor fused z "
-                "3.33, NTL 0.22.\n\n" + "\n".join(lines))
-        if args.notes:
-            body += "\n\n" + Path(args.notes).read_text().strip()
-        write_section("Held-out teachers", body)
+        write_table("Held-out teachers", "suite_heldout.py",
+                    "Teachers built from `benchmarks/heldout.toml` after the probes' thresholds were fixed; none of them "
+                    "was used to calibrate a threshold (the reading below says which were looked at while a later rule "
+                    "was designed). 'right' = backdoored: flagged with the true target; NTL: "
+                    "the NTL probe flags it. Default policy, budgets and preset (`dfq`); thresholds: backdoor fused z "
+                    "3.33, NTL 0.22.", lines, args.notes)
 
 
 if __name__ == "__main__":
