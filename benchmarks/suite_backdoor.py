@@ -54,6 +54,7 @@ from teacher_audit.probes.backdoor_fused import (  # noqa: E402
     trap_classes,
 )
 from teacher_audit.probes.backdoor_common import robust_z  # noqa: E402
+from teacher_audit.probes.calibration_fit import fit_backdoor  # noqa: E402
 from teacher_audit.report.model import ProbeResult  # noqa: E402
 
 POSITIVE = {"backdoor", "clean_label", "ntl_backdoor"}
@@ -191,37 +192,18 @@ def with_consensus(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-FUSED = ("backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion", "consensus", "pull")
-"""Components that enter the fused score. ``backdoor_shuffle`` still runs and is reported, but its
-agreement score did not separate on the zoo (AUROC ~0.5; a BN-folded ONNX export of a clean teacher
-scored like a backdoor), so it is left out of the fusion."""
-
-
-SD_FLOOR = {"pull": 0.02}
-"""Smallest sd per component (the calibration set is small); default 0.1. The pull is a share (clean
-spread ~0.05), the other scores are on a -log10 p / robust-z scale."""
-
-
 def calibrate(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
-    """Per-component clean mean/sd and the fused threshold (max clean fused + margin).
+    """Per-component clean mean/sd and the fused threshold (max clean fused + margin), by the library's rule
+    (:func:`teacher_audit.probes.calibration_fit.fit_backdoor`, the one ``teacher-audit calibrate`` uses).
 
     Uses every clean run (all ``--clean-seeds``), with the component scores as the fusion uses them.
     """
     clean = [r for r in rows if r["kind"] == "clean" and r.get("format") != "onnx"]  # exports: out-of-sample check
-    comps: dict[str, dict[str, float]] = {}
-    for n in FUSED:
-        v = np.array([r["used"][n]["score"] for r in clean if r["used"].get(n, {}).get("score") is not None])
-        if len(v):
-            comps[n] = {"mean": round(float(v.mean()), 4), "sd": round(max(float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                                                                         0.25 * abs(float(v.mean())),
-                                                                         SD_FLOOR.get(n, 0.1)), 4)}
+    fitted = fit_backdoor([(as_results(r), r.get("ntl")) for r in clean], margin)
     n_teachers = len({r["name"] for r in clean})
-    calib = {"components": comps, "threshold": 0.0, "margin": margin, "n_clean": n_teachers, "n_clean_runs": len(clean),
-             "source": f"benchmarks/suite_backdoor.py --calibrate on {n_teachers} clean zoo teachers x "
-                       f"{len(clean) / max(1, n_teachers):g} probe seeds, {datetime.now(timezone.utc).date()}"}
-    fused_clean = [fuse(as_results(r), calib, r.get("ntl"))[0] for r in clean]
-    calib["threshold"] = round(max(fused_clean) + margin, 4) if fused_clean else 3.0
-    return calib
+    return {**fitted, "n_clean": n_teachers, "n_clean_runs": len(clean),
+            "source": f"benchmarks/suite_backdoor.py --calibrate on {n_teachers} clean zoo teachers x "
+                      f"{len(clean) / max(1, n_teachers):g} probe seeds, {datetime.now(timezone.utc).date()}"}
 
 
 def write_calibration(calib: dict[str, Any]) -> None:

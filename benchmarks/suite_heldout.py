@@ -50,16 +50,17 @@ def link_warm_starts(names: set[str], zoo: Path, out: Path) -> None:
                 dst.symlink_to(src.resolve())
 
 
-def scan(path: Path, cache: Path) -> dict[str, Any]:
-    """``teacher-audit scan path --json`` (cached); returns the report plus the wall time and exit code."""
-    out = cache / f"{path.name}.json"
-    meta = cache / f"{path.name}.meta.json"
+def scan(path: Path, cache: Path, extra: tuple[str, ...] = (), tag: str = "") -> dict[str, Any]:
+    """``teacher-audit scan path --json [extra...]`` (cached under ``<name><tag>``); returns the report plus the
+    wall time and exit code."""
+    out = cache / f"{path.name}{tag}.json"
+    meta = cache / f"{path.name}{tag}.meta.json"
     if out.exists() and meta.exists():
         return dict(json.loads(out.read_text()), _meta=json.loads(meta.read_text()))
     cache.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
-    rc = subprocess.run([sys.executable, "-m", "teacher_audit", "scan", str(path), "--json", str(out), "-q"],
+    rc = subprocess.run([sys.executable, "-m", "teacher_audit", "scan", str(path), "--json", str(out), "-q", *extra],
                         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     info = {"rc": rc, "seconds": time.perf_counter() - t0}
     atomic_write_text(meta, json.dumps(info))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import re
 import sys
 import time
@@ -207,7 +206,9 @@ def suite_detect(args: argparse.Namespace) -> None:
 def calibrate(clean_scores: list[float], margin: float = 1.25, per_unit: int = 100) -> float:
     """Default-threshold rule (clean teachers only): largest clean score x ``margin``, rounded up to
     ``1 / per_unit`` (0.01 by default)."""
-    return math.ceil(per_unit * margin * max(clean_scores)) / per_unit if clean_scores else float("nan")
+    from teacher_audit.probes.calibration_fit import headroom_threshold  # the rule `teacher-audit calibrate` uses
+
+    return headroom_threshold(clean_scores, 1.0 / per_unit, margin)
 
 
 def write_detect(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:

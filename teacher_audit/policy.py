@@ -28,6 +28,9 @@ TOML layout (every key optional except ``[policy].name``; unknown keys are rejec
     reason = "reviewed by X, ticket 123"
     expires = 2027-01-31
 
+    [calibration]                  # thresholds fitted by ``teacher-audit calibrate`` on clean teachers
+    file = "calibration/vit.json"  # relative to this rules file; ``scan --calibration`` overrides it
+
 Verdict rules (``evaluate``), in order; the first that applies wins:
 
 1. intake failed -> ``error`` (exit 2) or ``not_auditable`` (exit 3), decided by the scan.
@@ -126,6 +129,19 @@ class AllowEntry(_Strict):
         return v
 
 
+class CalibrationRef(_Strict):
+    """The ``[calibration]`` table: a calibration file (``teacher-audit calibrate``) for the scans."""
+
+    file: str
+
+    @field_validator("file")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the calibration file name is empty")
+        return v
+
+
 class Policy(_Strict):
     """A whole rules file, typed. Build with ``load_policy``/``parse_policy``."""
 
@@ -133,6 +149,7 @@ class Policy(_Strict):
     probes: dict[str, ProbeRule] = Field(default_factory=dict)
     pickle: PickleRules = Field(default_factory=PickleRules)
     allowlist: list[AllowEntry] = Field(default_factory=list)
+    calibration: CalibrationRef | None = None
     #: where it came from ("packaged:default" or a path) and the SHA-256 of its text; set by the loader.
     source: str = "memory"
     sha256: str = ""
@@ -145,6 +162,15 @@ class Policy(_Strict):
     def fail_level(self) -> Severity | None:
         lvl = self.policy.fail_level
         return None if lvl == "none" else Severity(lvl)
+
+    def calibration_path(self) -> Path | None:
+        """The ``[calibration] file``, resolved against the rules file's folder (None when not set)."""
+        if self.calibration is None:
+            return None
+        p = Path(self.calibration.file)
+        if p.is_absolute() or self.source.startswith("packaged:") or self.source == "memory":
+            return p
+        return Path(self.source).parent / p
 
     def probe_rule(self, name: str) -> ProbeRule:
         return self.probes.get(name, ProbeRule())

@@ -80,6 +80,10 @@ class ScanOptions:
         engine_factory: optional ``(teacher, options) -> engine`` replacing the default
             ``Engine(teacher, PRESETS.get(preset)(), device=..., seed=...)`` (notebooks reusing an engine).
         on_probe: optional progress callback ``(probe_name, phase)`` with phase ``start``/``done``.
+        calibration: a calibration file (``teacher-audit calibrate``) or a loaded ``Calibration``; its
+            thresholds replace the built-in ones (rules ``threshold``/``options`` still win). None = the
+            policy's ``[calibration] file`` when ``policy_calibration``, else the built-in calibration.
+        policy_calibration: whether the policy's ``[calibration] file`` is used when ``calibration`` is None.
     """
 
     rules: str | Path | None = None
@@ -94,9 +98,22 @@ class ScanOptions:
     budget_seconds: float | None = None
     engine_factory: Callable[[Any, "ScanOptions"], Any] | None = None
     on_probe: Callable[[str, str], None] | None = None
+    calibration: Any = None
+    policy_calibration: bool = True
 
     def resolved_policy(self) -> Policy:
         return self.policy if self.policy is not None else load_policy(self.rules)
+
+    def resolved_calibration(self, policy: Policy | None = None) -> Any:
+        """The ``Calibration`` in force (loaded and validated; ``UsageError`` if bad), or None."""
+        from teacher_audit.calibrate import Calibration, load_calibration
+
+        if isinstance(self.calibration, Calibration):
+            return self.calibration
+        if self.calibration is not None:
+            return load_calibration(self.calibration)
+        path = (policy or self.resolved_policy()).calibration_path() if self.policy_calibration else None
+        return None if path is None else load_calibration(path)
 
 
 def _now() -> str:
@@ -139,8 +156,13 @@ def _spec_info(spec: Any) -> InputSpecInfo | None:
 
 
 def _configure(cls: type, name: str, policy: Policy, options: ScanOptions, remaining: float | None) -> Any:
-    """The probe's Config with the policy's overrides, the scan seed and the remaining budget applied."""
+    """The probe's Config with the calibration's and the policy's overrides, the scan seed and the remaining
+    budget applied (``options.calibration`` is already resolved by ``scan_file``)."""
     cfg = cls.Config()
+    calib = options.calibration
+    for key, value in (calib.overrides(name) if calib is not None and hasattr(calib, "overrides") else {}).items():
+        if hasattr(cfg, key):
+            setattr(cfg, key, value)
     rule = policy.probe_rule(name)
     for key, value in rule.options.items():
         if not hasattr(cfg, key):
@@ -290,6 +312,8 @@ def scan_file(path: str | os.PathLike[str], options: ScanOptions | None = None) 
     policy = options.resolved_policy()
     check_policy_probes(policy)
     check_preset(options)
+    calib = options.resolved_calibration(policy)
+    options = replace(options, calibration=calib, policy=policy)
     started = _now()
     t_start = time.monotonic()
     path_s = os.fspath(path)
@@ -298,7 +322,10 @@ def scan_file(path: str | os.PathLike[str], options: ScanOptions | None = None) 
                             "options": {"preset": options.preset, "device": options.device, "arch": options.arch,
                                         "allow_globals": list(options.allow_globals),
                                         "trust_torchscript": options.trust_torchscript,
-                                        "budget_seconds": options.budget_seconds}}
+                                        "budget_seconds": options.budget_seconds,
+                                        "calibration": None if calib is None else
+                                        {"source": calib.source, "sha256": calib.sha256,
+                                         "n_clean": calib.scope.n_clean, "archs": list(calib.scope.archs)}}}
 
     def finish(verdict: Verdict, **kw: Any) -> Report:
         total = time.monotonic() - t_start
@@ -438,6 +465,7 @@ def scan_many(paths: Iterable[str | os.PathLike[str]], options: ScanOptions | No
     options = replace(options, policy=options.resolved_policy())
     check_policy_probes(options.policy)  # type: ignore[arg-type]
     check_preset(options)
+    options = replace(options, calibration=options.resolved_calibration(options.policy))  # bad file: before any scan
     files = expand_paths(paths)
     reports: dict[str, Report] = {}
     if jobs <= 1 or len(files) <= 1:

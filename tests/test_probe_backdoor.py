@@ -204,8 +204,9 @@ def test_out_of_calibration_architecture_is_said():
     res = _component_results(3)
     out = FusedBackdoorProbe().conclude(res, Budget(), [], {"calibration_scope": scope("onnx")})
     assert out.flagged and "outside that set" in out.summary
-    assert out.details["calibration_scope"] == {"archs": ["smallcnn", "lenet5"], "teacher_arch": "onnx",
-                                                "in_scope": False}
+    sc = out.details["calibration_scope"]
+    assert (sc["source"], sc["archs"], sc["teacher_arch"], sc["in_scope"]) == ("built-in", ["smallcnn", "lenet5"],
+                                                                            "onnx", False)
     again = FusedBackdoorProbe().combine(out, {"ntl_robustness": _ntl(5, 0.2, False, False, None)})
     assert "outside that set" in again.summary
     inside = FusedBackdoorProbe().conclude(res, Budget(), [], {"calibration_scope": scope("smallcnn")})

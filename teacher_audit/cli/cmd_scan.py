@@ -108,6 +108,7 @@ def scan(
     mean: Optional[str] = typer.Option(None, "--mean", help="override normalisation mean, e.g. 0.5,0.5,0.5"),
     std: Optional[str] = typer.Option(None, "--std", help="override normalisation std"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="override number of classes"),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="thresholds from `teacher-audit calibrate` (wins over the rules' [calibration])"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
 ) -> ExitCode:
     """Audit checkpoints for transferable backdoors and NTL traps; the exit code is the gate's verdict."""
@@ -142,11 +143,15 @@ def scan(
 
     options = ScanOptions(rules=rules, seed=seed, device=device, preset=preset, arch=arch,
                           allow_globals=tuple(allow_global), trust_torchscript=trust_torchscript,
-                          spec_flags=spec_flags, budget_seconds=budget_seconds, on_probe=progress)
+                          spec_flags=spec_flags, budget_seconds=budget_seconds, on_probe=progress,
+                          calibration=calibration)
     options.policy = options.resolved_policy()
+    options.calibration = options.resolved_calibration(options.policy)  # bad file: usage error before any work
     if not quiet:
         err.print(f"teacher-audit: policy {clean(options.policy.name)} ({clean(options.policy.source)}); "
                   f"{len(files)} file(s)", markup=False)
+        if options.calibration is not None:
+            err.print(f"thresholds from {clean(options.calibration.label, 300)}", markup=False)
 
     doc: Report | ScanSet
     if single:

@@ -46,7 +46,7 @@ from teacher_audit.probes.backdoor_inversion import (InversionConfig, InversionP
 from teacher_audit.probes.backdoor_margin import MarginConfig, MarginProbe
 from teacher_audit.probes.backdoor_shuffle import ShuffleConfig, ShuffleProbe
 from teacher_audit.probes.base import PROBES, Probe
-from teacher_audit.probes.calibration import scope, scope_note
+from teacher_audit.probes.calibration import fingerprint, scope, scope_note
 from teacher_audit.report.model import Budget, ProbeResult
 from teacher_audit.severity import Severity
 from teacher_audit.teacher import Teacher
@@ -296,6 +296,15 @@ def ntl_details(result: ProbeResult | None, bn_prior: bool = True) -> dict[str, 
     return dict(result.details, flagged=bool(result.flagged), use_pull=bool(bn_prior))
 
 
+def component_results(comps: dict[str, dict[str, Any]]) -> dict[str, ProbeResult]:
+    """The component results back from a fused result's ``details["components"]`` (as JSON or as built)."""
+    return {n: ProbeResult(probe=n, threat="backdoor", status=c.get("status") or "error", score=c.get("score"),
+                           target_class=c.get("target_class"), flagged=bool(c.get("flagged")),
+                           summary=c.get("summary") or "", details=c.get("details") or {},
+                           budget=Budget(seconds=float(c.get("seconds") or 0.0)))
+            for n, c in comps.items()}
+
+
 @PROBES.register("backdoor", threat="backdoor", default=True)
 class FusedBackdoorProbe(Probe):
     """Fused data-free backdoor detector (see module docstring)."""
@@ -328,7 +337,8 @@ class FusedBackdoorProbe(Probe):
         budget = Budget(teacher_passes=passes, seconds=clock.seconds)
         return self.conclude(results, budget, [e for r in ok for e in r.evidence],
                              {"sample_source": source, "synthesis_bn_prior": has_bn_prior(teacher, engine),
-                              "calibration_scope": scope(teacher.arch)})
+                              "calibration_scope": scope(teacher.arch, fingerprint(teacher.model.net),
+                                                         (cfg.calibration or {}).get("scope"))})
 
     def conclude(self, results: dict[str, ProbeResult], budget: Budget, evidence: list[Any],
                  extra: dict[str, Any] | None = None, ntl: ProbeResult | None = None) -> ProbeResult:
@@ -355,8 +365,9 @@ class FusedBackdoorProbe(Probe):
                    f"{everyone[lead].summary})" if flagged else
                    f"no backdoor signal above threshold (fused z {score:.1f} <= {thr:.1f})")
         sc = (extra or {}).get("calibration_scope")
-        default_calib = cfg.calibration is None and cfg.threshold is None
-        out_of_scope = scope_note(sc["teacher_arch"]) if sc and default_calib else None
+        # no note when the user set the threshold or a calibration of their own without a scope
+        scoped = cfg.threshold is None and (cfg.calibration is None or "scope" in cfg.calibration)
+        out_of_scope = scope_note(sc) if sc and scoped else None
         if out_of_scope:
             summary += "; " + out_of_scope
         if traps:
@@ -390,11 +401,7 @@ class FusedBackdoorProbe(Probe):
         comps = result.details.get("components") if isinstance(result.details, dict) else None
         if ntl is None or ntl.status != "ok" or result.status != "ok" or not comps:
             return result
-        results = {n: ProbeResult(probe=n, threat="backdoor", status=c.get("status") or "error", score=c.get("score"),
-                                  target_class=c.get("target_class"), flagged=bool(c.get("flagged")),
-                                  summary=c.get("summary") or "", details=c.get("details") or {},
-                                  budget=Budget(seconds=float(c.get("seconds") or 0.0)))
-                   for n, c in comps.items()}
+        results = component_results(comps)
         extra = {k: v for k, v in result.details.items()
                  if k not in ("components", "consensus", "pull", "trap_classes", "ntl_used", "z",
                               "suspected_target_any", "calibration")}

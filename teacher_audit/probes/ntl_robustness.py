@@ -58,7 +58,7 @@ from teacher_audit.probes.backdoor_common import Clock, has_bn_prior
 from teacher_audit.probes.backdoor_inversion import (ROBUST_GAP_THRESHOLD, RobustInversionConfig, invert_triggers,
                                                      mask_gap, trigger_evidence)
 from teacher_audit.probes.base import PROBES, Probe
-from teacher_audit.probes.calibration import scope, scope_note
+from teacher_audit.probes.calibration import fingerprint, scope, scope_note
 from teacher_audit.report.model import Budget, Evidence, ProbeResult
 from teacher_audit.severity import Severity
 from teacher_audit.teacher import Teacher
@@ -98,6 +98,8 @@ class NTLConfig:
             ``no_bn``: only when synthesis has no BatchNorm prior, e.g. BN-folded ONNX exports).
         inversion: its budget (a robust mask + pattern inversion on the profiled samples).
         inversion_threshold: decision threshold on ``trap_inversion_gap`` (decades).
+        calibration_scope: the ``scope`` of a user calibration that set the thresholds
+            (:mod:`teacher_audit.calibrate`); None = the built-in calibration.
     """
 
     profile: ProfileConfig = field(default_factory=ProfileConfig)
@@ -109,6 +111,7 @@ class NTLConfig:
     trap_inversion: str = "no_bn"
     inversion: RobustInversionConfig = field(default_factory=trap_inversion_config)
     inversion_threshold: float = DEFAULT_INVERSION_THRESHOLD
+    calibration_scope: dict[str, Any] | None = None
 
 
 def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) -> dict[str, Any]:
@@ -302,7 +305,10 @@ class NTLRobustnessProbe(Probe):
             notes.append(f"suspected trap class {trap_cls}: a backdoor trigger pulls synthesis (and a global trigger "
                          "such as Blend survives the robust inversion) the same way (measured on the zoo's backdoored "
                          "teachers) -- read the backdoor probes' result before concluding NTL rather than backdoor")
-        out_of_scope = scope_note(teacher.arch) if cfg.threshold == DEFAULT_THRESHOLD else None
+        sc = scope(teacher.arch, fingerprint(teacher.model.net), cfg.calibration_scope)
+        # no note when the user set the threshold by hand (a user calibration sets its own scope)
+        out_of_scope = (scope_note(sc) if cfg.threshold == DEFAULT_THRESHOLD or cfg.calibration_scope
+                        else None)
         if out_of_scope:
             notes.append(out_of_scope)
         summary = ("NTL trap suspected: " if flagged else "no NTL trap pattern: ") + msg
@@ -320,7 +326,7 @@ class NTLRobustnessProbe(Probe):
             probe=self.name, threat="ntl", status="ok", score=score, threshold=cfg.threshold, flagged=flagged,
             severity=Severity.HIGH if flagged else Severity.INFO, summary=summary,
             target_class=trap_cls if flagged else None,
-            details={**f, "notes": notes, "calibration_scope": scope(teacher.arch),
+            details={**f, "notes": notes, "calibration_scope": sc,
                      "profile": {"eps_max_255": cfg.profile.eps_max * 255,
                                  "bisection_steps": cfg.profile.bisection_steps,
                                  "pgd_steps": cfg.profile.pgd_steps}},

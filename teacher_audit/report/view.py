@@ -56,3 +56,16 @@ def target_label(rep: Report, r: ProbeResult) -> str:
     if names and 0 <= r.target_class < len(names):
         return f"{r.target_class} ({names[r.target_class]})"
     return str(r.target_class)
+
+
+def thresholds_line(rep: Report) -> str:
+    """Where the probes' thresholds came from: the built-in calibration or a user calibration file.
+
+    Not escaped: the file name is the user's; writers escape the result.
+    """
+    cal = (rep.options or {}).get("calibration")
+    if not cal:
+        return "built-in calibration (clean smallcnn and LeNet-5 zoo teachers; docs/backdoor.md, docs/ntl.md)"
+    archs = ", ".join(map(str, cal.get("archs") or [])) or "?"
+    return (f"calibration file {cal.get('source')} (sha256 {str(cal.get('sha256') or '')[:12]}), "
+            f"{cal.get('n_clean')} clean teacher(s) of {archs}")

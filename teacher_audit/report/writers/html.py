@@ -17,7 +17,8 @@ from markupsafe import Markup
 
 from teacher_audit.report.model import Report, ScanSet
 from teacher_audit.report.sanitize import clean
-from teacher_audit.report.view import VERDICT_LABEL, fmt_num, fmt_size, probe_state, spec_line, target_label
+from teacher_audit.report.view import (VERDICT_LABEL, fmt_num, fmt_size, probe_state, spec_line, target_label,
+                                       thresholds_line)
 from teacher_audit.report.writers import WRITERS
 
 CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
@@ -42,7 +43,8 @@ def _env() -> Environment:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(clean=clean, num=fmt_num, size=fmt_size, data_uri=_data_uri, val=_value)
     env.globals.update(VERDICT_LABEL=VERDICT_LABEL, probe_state=probe_state, spec_line=spec_line,
-                       target_label=target_label, CSP=Markup(CSP))  # CSP: our constant, kept literal
+                       target_label=target_label, thresholds_line=thresholds_line,
+                       CSP=Markup(CSP))  # CSP: our constant, kept literal
     return env
 
 

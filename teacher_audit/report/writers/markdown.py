@@ -10,7 +10,7 @@ from __future__ import annotations
 from teacher_audit.report.model import Report, ScanSet
 from teacher_audit.report.sanitize import md
 from teacher_audit.report.view import (VERDICT_LABEL, fmt_num, fmt_size, probe_state, reports_of, spec_line,
-                                       target_label)
+                                       target_label, thresholds_line)
 from teacher_audit.report.writers import WRITERS
 
 
@@ -48,6 +48,7 @@ def _report_section(rep: Report, level: str = "###") -> list[str]:
     lines.append(f"Policy {md(p.name)} ({md(p.source)}), fail level {md(lvl)}; "
                  f"{rep.timings.total_seconds:.1f} s, {rep.budget.teacher_passes} teacher passes; "
                  f"teacher-audit {md(rep.versions.tool)}.")
+    lines.append(f"Thresholds: {md(thresholds_line(rep), 300)}.")
     lines.append("")
     return lines
 

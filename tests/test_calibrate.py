@@ -1,0 +1,246 @@
+"""User calibration: the fitting rule, the leave-one-out check, the file, its scope, and scan applying it."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from teacher_audit.calibrate import (
+    fit,
+    leave_one_out,
+    load_calibration,
+    parse_calibration,
+    score_run,
+)
+from teacher_audit.errors import UsageError
+from teacher_audit.probes.calibration import fingerprint, scope, scope_note
+from teacher_audit.probes.calibration_fit import fit_backdoor, fit_ntl, ntl_rescore
+
+
+def _run(teacher: str, seed: int, margin: float, inversion: float, robust: float, ntl_tail: float,
+         gap: float | None = None, fp: str = "f" * 16) -> dict:
+    """A run record as :func:`teacher_audit.calibrate.collect_runs` writes it, with the given raw scores."""
+    comps = {"backdoor_margin": {"status": "ok", "score": margin, "target_class": 1, "details": {}},
+             "backdoor_inversion": {"status": "ok", "score": inversion, "target_class": 2, "details": {}},
+             "backdoor_robust_inversion": {"status": "ok", "score": robust, "target_class": 3, "details": {}}}
+    ntl = {"collapsed_tail_share": ntl_tail, "pull_excess": 0.0, "synthesis_bn_prior": gap is None}
+    if gap is not None:
+        ntl["trap_inversion_gap"] = gap
+    return {"file": f"{teacher}.onnx", "path": f"/x/{teacher}.onnx", "sha256": teacher * 8, "seed": seed,
+            "arch": "onnx", "fingerprint": fp,
+            "backdoor": {"details": {"components": comps, "synthesis_bn_prior": gap is None}},
+            "ntl": {"details": ntl}}
+
+
+CLEAN = [_run(t, s, 1.5 + 0.1 * i + 0.05 * s, 1.6 - 0.1 * i, 0.2 + 0.02 * i, 0.05 + 0.02 * i + 0.01 * s)
+         for i, t in enumerate(("aaaa", "bbbb", "cccc")) for s in (0, 1)]
+
+
+def test_ntl_rule_is_max_clean_times_headroom():
+    runs = [{"collapsed_tail_share": 0.1, "synthesis_bn_prior": True},
+            {"collapsed_tail_share": 0.3, "pull_excess": 0.0, "synthesis_bn_prior": True}]
+    got = fit_ntl(runs, default_inversion_threshold=0.45)
+    assert got["threshold"] == pytest.approx(0.38)           # 0.3 x 1.25 = 0.375, rounded up to 0.01
+    assert got["inversion_threshold"] == 0.45 and not got["inversion_fitted"]
+    with_gap = fit_ntl([dict(r, trap_inversion_gap=g, synthesis_bn_prior=False) for r, g in zip(runs, (0.2, 0.5))], 0.45)
+    assert with_gap["inversion_threshold"] == pytest.approx(0.65) and with_gap["inversion_fitted"]
+    quiet = fit_ntl([{"collapsed_tail_share": 0.0, "synthesis_bn_prior": True}], 0.45)
+    assert quiet["threshold"] == 0.05                        # floor: a zero threshold would flag everything
+    # the gap is put on the score's scale: at the inversion threshold it lands on the threshold
+    assert ntl_rescore({"collapsed_tail_share": 0.0, "trap_inversion_gap": 0.65, "synthesis_bn_prior": False},
+                       0.3, 0.65) == pytest.approx(0.3)
+    with pytest.raises(ValueError):
+        fit_ntl([], 0.45)
+
+
+def test_backdoor_threshold_sits_margin_above_every_clean_run():
+    from teacher_audit.calibrate import _backdoor_run
+
+    ntl = fit_ntl([r["ntl"]["details"] for r in CLEAN], 0.45)
+    runs = [_backdoor_run(r, ntl) for r in CLEAN]
+    cal = fit_backdoor(runs, margin=0.5)
+    assert set(cal["components"]) == {"backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion"}
+    assert all(c["sd"] >= 0.1 for c in cal["components"].values())
+    from teacher_audit.probes.backdoor_fused import fuse
+
+    fused = [fuse(res, cal, nd)[0] for res, nd in runs]
+    assert max(fused) + 0.5 == pytest.approx(cal["threshold"], abs=1e-3)
+    with pytest.raises(ValueError):
+        fit_backdoor([({}, None)])
+
+
+def test_leave_one_out_flags_the_teacher_unlike_the_others():
+    odd = [_run("dddd", s, 8.0, 1.6, 0.2, 0.06) for s in (0, 1)]   # margin far above the clean three
+    loo = leave_one_out(CLEAN + odd, margin=0.5)
+    assert len(loo) == 8
+    flagged = {r["file"] for r in loo if r["backdoor_flagged"]}
+    assert flagged == {"dddd.onnx"}
+    assert leave_one_out(CLEAN[:2], 0.5) == []                  # one teacher: nothing to leave out
+
+
+def test_fit_writes_a_valid_file_that_reads_back(tmp_path):
+    cal = fit(CLEAN, margin=0.5, options={"seeds": [0, 1]})
+    assert cal.scope.n_clean == 3 and cal.scope.fingerprints == ["f" * 16] and len(cal.runs) == 6
+    assert all(not r["backdoor_flagged"] and not r["ntl_flagged"] for r in cal.runs)
+    assert all(not r["ntl_flagged"] for r in cal.leave_one_out)
+    path = tmp_path / "cal.json"
+    path.write_text(cal.to_json())
+    back = load_calibration(path)
+    assert back.backdoor == cal.backdoor and back.ntl == cal.ntl and back.sha256 and back.source == str(path)
+    over = back.overrides("backdoor")["calibration"]
+    assert over["threshold"] == cal.backdoor.threshold and over["scope"]["fingerprints"] == ["f" * 16]
+    assert back.overrides("ntl_robustness")["threshold"] == cal.ntl.threshold
+    assert back.overrides("no_such_probe") == {}
+    # a run scored under the file's calibration matches the record
+    again = score_run(CLEAN[0], back.backdoor.model_dump(), back.ntl.model_dump())
+    assert again["backdoor_fused"] == pytest.approx(cal.runs[0]["backdoor_fused"], abs=1e-3)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: "not json", "not valid JSON"),
+    (lambda d: [1, 2], "not a calibration file"),
+    (lambda d: {**d, "kind": "something else"}, "not a calibration file"),
+    (lambda d: {**d, "schema": 2}, "schema 2 is not supported"),
+    (lambda d: {**d, "extra": 1}, "unknown key 'extra'"),
+    (lambda d: {k: v for k, v in d.items() if k != "ntl"}, "missing key 'ntl'"),
+    (lambda d: {**d, "ntl": {**d["ntl"], "threshold": -1}}, "ntl.threshold"),
+    (lambda d: {**d, "backdoor": {**d["backdoor"], "components": {"pull": {"mean": 0.1, "sd": 0}}}}, "sd"),
+    (lambda d: {**d, "backdoor": {**d["backdoor"], "components": {}}}, "components"),
+])
+def test_bad_calibration_files_are_one_line_usage_errors(tmp_path, mutate, message):
+    good = json.loads(fit(CLEAN).to_json())
+    bad = mutate(good)
+    text = bad if isinstance(bad, str) else json.dumps(bad)
+    with pytest.raises(UsageError) as e:
+        parse_calibration(text, "cal.json")
+    assert message in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UsageError, match="cannot read calibration file"):
+        load_calibration(tmp_path / "missing.json")
+
+
+def test_fingerprint_is_the_structure_not_the_weights():
+    from teacher_audit.intake.archs import build_arch
+
+    torch.manual_seed(0)
+    a = build_arch("smallcnn", num_classes=10, in_channels=1)
+    torch.manual_seed(1)
+    b = build_arch("smallcnn", num_classes=10, in_channels=1)
+    assert not torch.equal(next(a.parameters()), next(b.parameters()))
+    assert fingerprint(a) == fingerprint(b)
+    assert fingerprint(build_arch("lenet5", num_classes=10, in_channels=1)) != fingerprint(a)
+    assert fingerprint(build_arch("smallcnn", num_classes=5, in_channels=1)) != fingerprint(a)
+    user = {"source": "calibration x.json", "archs": ["smallcnn"], "fingerprints": [fingerprint(a)], "n_clean": 3}
+    assert scope("smallcnn", fingerprint(b), user)["in_scope"] and scope_note(scope("smallcnn", fingerprint(b), user)) is None
+    other = scope("lenet5", fingerprint(build_arch("lenet5", num_classes=10, in_channels=1)), user)
+    assert not other["in_scope"] and "calibration x.json" in scope_note(other)
+    assert "teacher-audit calibrate" in scope_note(scope("onnx"))
+
+
+def test_scan_applies_the_calibration_and_rules_still_win(tmp_path):
+    from teacher_audit.policy import parse_policy
+    from teacher_audit.probes import PROBES
+    from teacher_audit.scan import ScanOptions, _configure
+
+    path = tmp_path / "cal" / "c.json"
+    path.parent.mkdir()
+    cal = fit(CLEAN)
+    path.write_text(cal.to_json())
+    loaded = load_calibration(path)
+    opts = ScanOptions(calibration=loaded)
+    pol = parse_policy('[policy]\nname = "t"\n')
+    bd = _configure(PROBES.get("backdoor"), "backdoor", pol, opts, None)
+    assert bd.calibration["threshold"] == cal.backdoor.threshold and bd.threshold is None
+    ntl = _configure(PROBES.get("ntl_robustness"), "ntl_robustness", pol, opts, None)
+    assert ntl.threshold == cal.ntl.threshold and ntl.calibration_scope["n_clean"] == 3
+    ruled = parse_policy('[policy]\nname = "t"\n[probes.ntl_robustness]\nthreshold = 0.9\n')
+    assert _configure(PROBES.get("ntl_robustness"), "ntl_robustness", ruled, opts, None).threshold == 0.9
+    # [calibration] file in the rules resolves against the rules file's folder; --calibration wins
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[policy]\nname = "r"\n[calibration]\nfile = "cal/c.json"\n')
+    from teacher_audit.policy import load_policy
+
+    pol2 = load_policy(rules)
+    assert pol2.calibration_path() == tmp_path / "cal" / "c.json"
+    assert ScanOptions(rules=rules).resolved_calibration().sha256 == loaded.sha256
+    assert ScanOptions(rules=rules, policy_calibration=False).resolved_calibration() is None
+    assert ScanOptions().resolved_calibration() is None
+    rules.write_text('[policy]\nname = "r"\n[calibration]\nfile = "nowhere.json"\n')
+    with pytest.raises(UsageError, match="cannot read calibration file"):
+        ScanOptions(rules=rules).resolved_calibration()
+
+
+def test_scan_cli_refuses_a_bad_calibration_file(tmp_path, capsys):
+    from teacher_audit.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kind": "teacher-audit calibration", "schema": 1}')
+    model = Path(__file__).resolve().parents[1] / "examples/teachers/clean_smallcnn.safetensors"
+    with pytest.raises(SystemExit) as e:
+        main(["scan", str(model), "--calibration", str(bad), "-q"])
+    assert e.value.code == 4
+    err = capsys.readouterr().err
+    assert "bad.json: missing key" in err
+
+
+def _export(teacher, path: Path) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(teacher.model.cpu().eval(), (torch.rand(1, *teacher.spec.shape),), str(path), dynamo=False,
+                          opset_version=17, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+    return path
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_calibrate_then_scan_end_to_end(tmp_path, capsys):
+    """The user's workflow on ONNX teachers (LeNet-5 trained here, no card: outside the built-in scope):
+    calibrate on three clean ones, then scan a held-out clean one and a backdoored one with the file.
+    Measured (one thread): held-out clean fused z 0.98 < threshold 1.65; BadNets 4.41, target 3."""
+    from teacher_audit.cli import main
+    from teacher_audit.zoo.tiny import train_tiny
+
+    clean = [_export(train_tiny("clean", seed=s, arch="lenet5"), tmp_path / f"clean_s{s}.onnx") for s in range(4)]
+    bd = _export(train_tiny("backdoor", trigger={"name": "badnets_square", "size": 6}, target=3, steps=200,
+                            poison_ratio=0.3, arch="lenet5"), tmp_path / "badnets.onnx")
+    cal = tmp_path / "cal.json"
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", *map(str, clean[1:]), "--out", str(cal), "--seeds", "0", "-q"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "calibration written" in text and "leave-one-teacher-out: " in text
+    doc = load_calibration(cal)
+    assert doc.scope.n_clean == 3 and len(doc.runs) == 3 and len(doc.leave_one_out) == 3
+    assert doc.scope.archs == ["onnx"] and len(doc.scope.fingerprints) == 1   # one structure, three trainings
+    assert len(list((tmp_path / "cal.json.runs").iterdir())) == 3   # one cached run per teacher and seed
+    reports = {}
+    for f in (clean[0], bd):
+        out = tmp_path / f"{f.stem}.json"
+        with pytest.raises(SystemExit) as e:
+            main(["scan", str(f), "--calibration", str(cal), "--json", str(out), "--md", str(out.with_suffix(".md")),
+                  "-q"])
+        reports[f.stem] = (e.value.code, json.loads(out.read_text()))
+    code, rep = reports["clean_s0"]
+    probes = {p["probe"]: p for p in rep["probes"]}
+    assert code == 0 and not probes["backdoor"]["flagged"] and not probes["ntl_robustness"]["flagged"]
+    assert probes["backdoor"]["threshold"] == doc.backdoor.threshold
+    assert probes["ntl_robustness"]["threshold"] == doc.ntl.threshold
+    assert rep["options"]["calibration"]["sha256"] == doc.sha256
+    md_text = html.unescape((tmp_path / "clean_s0.md").read_text())  # the writer escapes punctuation
+    assert "Thresholds: calibration file" in md_text and f"sha256 {doc.sha256[:12]}), 3 clean teacher(s)" in md_text
+    assert probes["backdoor"]["details"]["calibration_scope"]["in_scope"]
+    assert "outside" not in probes["backdoor"]["summary"] and "another structure" not in probes["backdoor"]["summary"]
+    code, rep = reports["badnets"]
+    probes = {p["probe"]: p for p in rep["probes"]}
+    assert code == 1 and probes["backdoor"]["flagged"] and probes["backdoor"]["target_class"] == 3
+    # a rerun reuses every cached run (no scan): same thresholds
+    with pytest.raises(SystemExit):
+        main(["calibrate", *map(str, clean[1:]), "--out", str(tmp_path / "again.json"), "--seeds", "0",
+              "--cache-dir", str(tmp_path / "cal.json.runs")])
+    assert "seed 0: cached" in capsys.readouterr().err
+    assert load_calibration(tmp_path / "again.json").backdoor == doc.backdoor
