@@ -228,7 +228,6 @@ def write_detect(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     thr = calibrate(clean)
     pos, neg_c = mean_by_teacher(is_ntl), mean_by_teacher(is_clean)
     neg_all = mean_by_teacher(lambda r: not is_ntl(r))
-    runs_pos = [r["score"] for r in rows if is_ntl(r)]
     flagged = lambda r, t: r["score"] >= t  # noqa: E731
     clean_flag_def = sorted({r["teacher"] for r in rows if is_clean(r) and flagged(r, DEFAULT_THRESHOLD)})
     bd = [r for r in rows if r["kind"] not in ("clean",) and not is_ntl(r)]

@@ -87,7 +87,7 @@ def coverage(rs: list[dict[str, Any]]) -> list[str]:
         fams[family(r["gt"])] = fams.get(family(r["gt"]), 0) + 1
     clean = [r for r in ok if r["gt"].get("kind") == "clean"]
     archs = sorted({str(r["arch"]) for r in clean})
-    lines = [f"- passing teachers per family: " + ", ".join(f"{k} {v}" for k, v in sorted(fams.items())),
+    lines = ["- passing teachers per family: " + ", ".join(f"{k} {v}" for k, v in sorted(fams.items())),
              f"- families with >= 2 passing seeds: {sum(v >= 2 for v in fams.values())} of {len(fams)}",
              f"- passing clean teachers: {len(clean)} across {len(archs)} architectures ({', '.join(archs)})",
              f"- `inspect` resolved the card's architecture for "

@@ -38,7 +38,7 @@ def _inert(text: str, fmt: str) -> None:
 def test_hostile_names_end_to_end(tmp_path, capsys):
     models = tmp_path / "models"
     models.mkdir()
-    teacher = make_teacher_file(models, HOSTILE_NAME, rigged=True, class_names=[HOSTILE[:200]] + [f"c{i}" for i in range(9)])
+    make_teacher_file(models, HOSTILE_NAME, rigged=True, class_names=[HOSTILE[:200]] + [f"c{i}" for i in range(9)])
     # a raw pickle whose GLOBAL names are hostile (refused by intake before anything runs)
     evil = models / "evil.pkl"
     evil.write_bytes(b"\x80\x02c" + b"<b>os</b>[x](http://e)\x1b[31m\nsystem\n" + b"X\x02\x00\x00\x00id\x85R.")

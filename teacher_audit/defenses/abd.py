@@ -43,7 +43,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from teacher_audit.defenses.base import DEFENSES

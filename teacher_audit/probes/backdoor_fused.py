@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from teacher_audit.probes.backdoor_common import Clock, has_bn_prior, synthetic_samples
 from teacher_audit.probes.backdoor_inversion import (InversionConfig, InversionProbe, RobustInversionConfig,

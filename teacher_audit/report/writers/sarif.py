@@ -71,7 +71,7 @@ def _probe_rule(r: ProbeResult) -> dict[str, Any]:
         "fullDescription": {"text": f"Data-free {clean(r.threat)} probe '{clean(r.probe, 100)}' of teacher-audit "
                                     "flagged this checkpoint."},
         "defaultConfiguration": {"level": "error"},
-        "help": {"text": f"See the teacher-audit report (--html) for this probe's evidence and docs/report.md."},
+        "help": {"text": "See the teacher-audit report (--html) for this probe's evidence and docs/report.md."},
         "properties": {"threat": clean(r.threat)},
     }
 
