@@ -192,7 +192,8 @@ class CalibrateOptions:
             is replaced by each of ``seeds``. Scan the suspects later with the same options.
         cache_dir: finished runs are kept here (one JSON per file and seed) and reused by a rerun with the
             same file, seed, preset, policy and tool version; None = no cache.
-        on_run: progress callback ``(path, seed, phase)`` with phase ``start``/``cached``/``done``.
+        on_run: progress callback ``(path, seed, phase)`` with phase ``start``/``queued``/``cached``/``done``.
+        jobs: scans run in parallel worker processes (spawned, one torch thread each); 1 = in this process.
     """
 
     seeds: tuple[int, ...] = (0, 1)
@@ -200,6 +201,7 @@ class CalibrateOptions:
     scan: Any = None
     cache_dir: Path | None = None
     on_run: Callable[[str, int, str], None] | None = None
+    jobs: int = 1
 
 
 def _slim(result: Any) -> dict[str, Any]:
@@ -260,30 +262,67 @@ def collect_runs(paths: list[str], opts: CalibrateOptions) -> list[dict[str, Any
         if sha in shas:
             raise UsageError(f"{p} and {shas[sha]} are the same file (SHA-256 {sha[:12]}); give distinct teachers")
         shas[sha] = p
-    runs = []
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    todo: list[tuple[str, str, int, Path | None]] = []
     for sha, p in shas.items():
         for seed in opts.seeds:
             cached = None if opts.cache_dir is None else Path(opts.cache_dir) / _cache_key(sha, seed, scan_opts)
-            if cached is not None and cached.is_file():
-                try:
-                    rec = json.loads(cached.read_text("utf-8"))
-                    if rec.get("sha256") == sha and rec.get("seed") == seed:
-                        runs.append(dict(rec, path=str(p), file=Path(p).name))
-                        if opts.on_run:
-                            opts.on_run(p, seed, "cached")
-                        continue
-                except (OSError, ValueError):
-                    pass  # unreadable cache entry: run again
+            rec = _read_cached(cached, sha, seed)
+            if rec is not None:
+                done[(sha, seed)] = dict(rec, path=str(p), file=Path(p).name)
+                if opts.on_run:
+                    opts.on_run(p, seed, "cached")
+            else:
+                todo.append((sha, p, seed, cached))
+
+    def finished(sha: str, p: str, seed: int, cached: Path | None, rec: dict[str, Any]) -> None:
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cached, json.dumps(rec))
+        done[(sha, seed)] = rec
+        if opts.on_run:
+            opts.on_run(p, seed, "done")
+
+    if opts.jobs <= 1 or len(todo) <= 1:
+        for sha, p, seed, cached in todo:
             if opts.on_run:
                 opts.on_run(p, seed, "start")
-            rec = _run_one(p, seed, scan_opts)
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(cached, json.dumps(rec))
-            runs.append(rec)
+            finished(sha, p, seed, cached, _run_one(p, seed, scan_opts))
+    else:
+        _run_parallel(todo, replace(scan_opts, engine_factory=None, on_probe=None), opts, finished)
+    return [done[(sha, seed)] for sha in shas for seed in opts.seeds]
+
+
+def _read_cached(cached: Path | None, sha: str, seed: int) -> dict[str, Any] | None:
+    if cached is None or not cached.is_file():
+        return None
+    try:
+        rec = json.loads(cached.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None  # unreadable cache entry: run again
+    return rec if isinstance(rec, dict) and rec.get("sha256") == sha and rec.get("seed") == seed else None
+
+
+def _run_parallel(todo: list[tuple[str, str, int, Path | None]], scan_opts: Any, opts: CalibrateOptions,
+                  finished: Callable[..., None]) -> None:
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from teacher_audit.scan import _worker_init
+
+    ex = ProcessPoolExecutor(max_workers=opts.jobs, mp_context=get_context("spawn"), initializer=_worker_init)
+    try:
+        futs = {}
+        for item in todo:
+            futs[ex.submit(_run_one, item[1], item[2], scan_opts)] = item
             if opts.on_run:
-                opts.on_run(p, seed, "done")
-    return runs
+                opts.on_run(item[1], item[2], "queued")
+        for fut in as_completed(futs):
+            finished(*futs[fut], fut.result())  # a failed run raises here; the finished ones stay cached
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
 
 
 # --- the fit ---------------------------------------------------------------------------------------------

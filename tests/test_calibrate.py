@@ -210,7 +210,7 @@ def test_calibrate_then_scan_end_to_end(tmp_path, capsys):
                             poison_ratio=0.3, arch="lenet5"), tmp_path / "badnets.onnx")
     cal = tmp_path / "cal.json"
     with pytest.raises(SystemExit) as e:
-        main(["calibrate", *map(str, clean[1:]), "--out", str(cal), "--seeds", "0", "-q"])
+        main(["calibrate", *map(str, clean[1:]), "--out", str(cal), "--seeds", "0", "--jobs", "2", "-q"])
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "calibration written" in text and "leave-one-teacher-out: " in text

@@ -42,6 +42,7 @@ def calibrate(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
     preset: str = typer.Option("dfq", "--preset", help="synthesis engine preset"),
     arch: Optional[str] = typer.Option(None, "--arch", help="force the architecture (registry name)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="parallel worker processes"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
 ) -> ExitCode:
     """Fit the backdoor and NTL thresholds on clean teachers; write a calibration file for scan --calibration."""
@@ -68,7 +69,7 @@ def calibrate(
         err.print(f"teacher-audit calibrate: {len(files)} clean teacher(s) x {len(seed_list)} seed(s); "
                   f"runs cached in {clean(cache, 200)}", markup=False, soft_wrap=True)
     res = run_calibration(files, out_path, CalibrateOptions(seeds=seed_list, margin=margin, scan=scan_opts,
-                                                            cache_dir=cache, on_run=progress))
+                                                            cache_dir=cache, on_run=progress, jobs=jobs))
     cal = res.calibration
     out.print(f"calibration written to {clean(out_path, 300)}: {cal.scope.n_clean} clean teacher(s), "
               f"{len(cal.runs)} run(s), architecture(s) {', '.join(clean(a, 60) for a in cal.scope.archs)}", markup=False, soft_wrap=True)
