@@ -230,7 +230,7 @@ def _run_one(path: str, seed: int, scan_opts: Any) -> dict[str, Any]:
         if r is None or r.status != "ok":
             why = "did not run" if r is None else f"{r.status}: {r.summary}"
             raise AuditError(f"calibration teacher {path} seed {seed}: probe {name} {why}"[:400])
-    fp = (by[BACKDOOR_PROBE].details.get("calibration_scope") or {}).get("teacher_fingerprint")
+    fp = rep.intake.structure_fingerprint if rep.intake is not None else None
     return {"file": Path(path).name, "path": str(path), "sha256": rep.input.sha256, "seed": seed,
             "arch": rep.architecture.name if rep.architecture else None, "fingerprint": fp,
             "seconds": rep.timings.total_seconds,

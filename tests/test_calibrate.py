@@ -138,6 +138,12 @@ def test_fingerprint_is_the_structure_not_the_weights():
     other = scope("lenet5", fingerprint(build_arch("lenet5", num_classes=10, in_channels=1)), user)
     assert not other["in_scope"] and "calibration x.json" in scope_note(other)
     assert "teacher-audit calibrate" in scope_note(scope("onnx"))
+    # intake reports the same key (inspect and the report's intake block)
+    from teacher_audit.intake.inspect import inspect_path
+    from teacher_audit.intake.load import LoadOptions
+
+    example = Path(__file__).resolve().parents[1] / "examples/teachers/clean_smallcnn.safetensors"
+    assert inspect_path(example, LoadOptions(device="cpu")).structure_fingerprint == fingerprint(a)
 
 
 def test_scan_applies_the_calibration_and_rules_still_win(tmp_path):
@@ -234,6 +240,7 @@ def test_calibrate_then_scan_end_to_end(tmp_path, capsys):
     md_text = html.unescape((tmp_path / "clean_s0.md").read_text())  # the writer escapes punctuation
     assert "Thresholds: calibration file" in md_text and f"sha256 {doc.sha256[:12]}), 3 clean teacher(s)" in md_text
     assert probes["backdoor"]["details"]["calibration_scope"]["in_scope"]
+    assert rep["intake"]["structure_fingerprint"] == doc.scope.fingerprints[0]
     assert "outside" not in probes["backdoor"]["summary"] and "another structure" not in probes["backdoor"]["summary"]
     code, rep = reports["badnets"]
     probes = {p["probe"]: p for p in rep["probes"]}

@@ -136,6 +136,8 @@ def render_table(intake: IntakeResult, error: AuditError | None = None) -> Table
         ]
     if intake.has_batchnorm is not None:
         rows.append(("batchnorm", "yes" if intake.has_batchnorm else "no"))
+    if intake.structure_fingerprint:
+        rows.append(("structure fingerprint", f"{intake.structure_fingerprint} (what a calibration's scope matches)"))
     if intake.onnx_parity_max_abs_diff is not None:
         rows.append(("onnx parity (max abs diff)", f"{intake.onnx_parity_max_abs_diff:.3g}"))
     for note in intake.notes:

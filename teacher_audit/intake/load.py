@@ -37,6 +37,7 @@ from teacher_audit.errors import (
     UsageError,
 )
 from teacher_audit.intake import pickle_scan
+from teacher_audit.intake.fingerprint import fingerprint
 from teacher_audit.intake.sniff import PICKLE_FORMATS, Format, sniff
 from teacher_audit.intake.spec import InputSpec
 from teacher_audit.registry import Registry
@@ -301,6 +302,7 @@ def _load(p: Path, opts: LoadOptions, intake: IntakeResult) -> Teacher:
         isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in str(getattr(m, "original_name", ""))
         for m in net.modules())
     intake.input_spec = spec.to_dict()
+    intake.structure_fingerprint = fingerprint(net)
     meta = {"sha256": intake.sha256, "path": intake.path, "card": card,
             "onnx_parity_max_abs_diff": intake.onnx_parity_max_abs_diff}
     return Teacher.from_net(net, spec, arch=loaded.arch, fmt=intake.format, **meta).to(pick_device(opts.device))

@@ -15,24 +15,14 @@ different network -- or the same one exported with BatchNorm folded away -- is n
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
+
+from teacher_audit.intake.fingerprint import fingerprint
+
+__all__ = ["CALIBRATED_ARCHS", "fingerprint", "scope", "scope_note"]
 
 #: registered architecture names the built-in calibration used
 CALIBRATED_ARCHS: tuple[str, ...] = ("smallcnn", "lenet5")
-
-
-def fingerprint(net: Any) -> str | None:
-    """Structure fingerprint of a network: SHA-256 (first 16 hex digits) over the sorted names and shapes
-    of its state dict. Equal for two trainings of one architecture; None when ``net`` has no state dict."""
-    try:
-        state = net.state_dict()
-    except (AttributeError, RuntimeError, TypeError):
-        return None
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(f"{name}:{tuple(getattr(state[name], 'shape', ()))};".encode())
-    return h.hexdigest()[:16]
 
 
 def scope(arch: str | None, teacher_fingerprint: str | None = None,

@@ -95,6 +95,8 @@ class IntakeResult(_Strict):
     input_spec: dict[str, Any] | None = None
     onnx_parity_max_abs_diff: float | None = None
     has_batchnorm: bool | None = None
+    #: names and shapes of the network's parameters and buffers, hashed: the key of a user calibration's scope
+    structure_fingerprint: str | None = None
     notes: list[str] = Field(default_factory=list)
 
 
