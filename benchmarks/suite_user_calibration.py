@@ -5,11 +5,11 @@ Usage (from the repo root)::
     .venv/bin/python benchmarks/suite_user_calibration.py [--out DIR] [--jobs 2] [--write-docs] [--notes FILE]
 
 For each architecture of ``suite_unseen_archs.py`` (a GroupNorm CNN and a 3-layer ViT, ONNX, no BatchNorm,
-no builder in the tool) it trains two MORE clean teachers (seeds 2 and 3; the suite's own teachers are
-kept), runs ``teacher-audit calibrate`` on those two only (probe seeds 0 and 1, default policy, preset and
-budgets), then scans the suite's teachers -- two clean (seeds 0 and 1), two backdoored -- once with the
-built-in thresholds and once with ``--calibration``. The evaluated teachers never enter the calibration.
-Every command runs with one torch thread; scans and calibration runs are cached under ``<out>``.
+no builder in the tool) it trains MORE clean teachers (seeds 2-5; the suite's own teachers are kept), runs
+``teacher-audit calibrate`` on two of them (seeds 2, 3) and on all four (probe seeds 0 and 1 each; default
+policy, preset and budgets), then scans the suite's teachers -- two clean (seeds 0 and 1), two backdoored --
+with the built-in thresholds and with each ``--calibration``. The evaluated teachers never enter a
+calibration. Every command runs with one torch thread; scans and calibration runs are cached under ``<out>``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,19 +32,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from suite_heldout import scan, write_table  # noqa: E402
 from suite_unseen_archs import TEACHERS, train  # noqa: E402
 
-CALIBRATION_SEEDS = (2, 3)
+#: clean teacher seeds of each calibration (none of them is evaluated)
+CALIBRATION_SETS = ((2, 3), (2, 3, 4, 5))
 
 
-def calibrate(arch: str, out: Path) -> tuple[Path, dict[str, Any], float]:
-    """``teacher-audit calibrate`` on the arch's clean calibration teachers; (file, document, seconds)."""
-    files = [train(arch, "clean", s, out) for s in CALIBRATION_SEEDS]
-    cal = out / f"calibration_{arch}.json"
-    t0 = time.perf_counter()
+def calibrate(arch: str, seeds: tuple[int, ...], out: Path, jobs: int) -> tuple[Path, dict[str, Any]]:
+    """``teacher-audit calibrate`` on the arch's clean teachers of ``seeds``; (file, document). The runs are
+    cached per architecture, so the larger set reuses the smaller one's scans."""
+    files = [train(arch, "clean", s, out) for s in seeds]
+    cal = out / f"calibration_{arch}_{len(seeds)}.json"
     if not cal.exists():
         env = dict(os.environ, OMP_NUM_THREADS="1")
         subprocess.run([sys.executable, "-m", "teacher_audit", "calibrate", *map(str, files), "--out", str(cal),
-                        "--seeds", "0,1"], env=env, cwd=ROOT, check=True)
-    return cal, json.loads(cal.read_text()), time.perf_counter() - t0
+                        "--seeds", "0,1", "--jobs", str(jobs), "--cache-dir", str(out / f"calibration_runs_{arch}")],
+                       env=env, cwd=ROOT, check=True)
+    return cal, json.loads(cal.read_text())
 
 
 def verdict(path: Path, rep: dict[str, Any]) -> tuple[str, bool]:
@@ -73,43 +74,47 @@ def main() -> None:
     out = Path(args.out)
     archs = list(dict.fromkeys(a for a, _, _ in TEACHERS))
     for arch in archs:  # training first (one process), then the scans in parallel
-        for s in CALIBRATION_SEEDS:
+        for s in sorted({s for cs in CALIBRATION_SETS for s in cs}):
             train(arch, "clean", s, out)
         for a, kind, seed in TEACHERS:
             if a == arch:
                 train(a, kind, seed, out)
+    cals = {(a, len(cs)): calibrate(a, cs, out, args.jobs) for a in archs for cs in CALIBRATION_SETS}
+    todo = [(out / f"{a}_{k}_s{s}.onnx", a) for a, k, s in TEACHERS]
     with ThreadPoolExecutor(args.jobs) as ex:
-        cals = dict(zip(archs, ex.map(lambda a: calibrate(a, out), archs)))
-        todo = [(out / f"{a}_{k}_s{s}.onnx", a) for a, k, s in TEACHERS]
         default = list(ex.map(lambda pa: scan(pa[0], out / "scans"), todo))
-        calibrated = list(ex.map(lambda pa: scan(pa[0], out / "scans", ("--calibration", str(cals[pa[1]][0])),
-                                                 tag=".cal"), todo))
-    lines = ["| arch | calibration (2 clean teachers x 2 probe seeds) | leave-one-teacher-out |",
-             "|---|---|---|"]
-    for arch, (_, doc, secs) in cals.items():
+        calibrated = {n: list(ex.map(lambda pa: scan(pa[0], out / "scans", ("--calibration", str(cals[pa[1], n][0])),
+                                                     tag=f".cal{n}"), todo))
+                      for n in sorted({len(cs) for cs in CALIBRATION_SETS})}
+    lines = ["| arch | clean teachers | backdoor z threshold | NTL threshold | trap-inversion threshold | "
+             "leave-one-teacher-out: clean runs flagged |", "|---|---|---|---|---|---|",
+             "| any | built-in (smallcnn, LeNet-5) | 3.33 | 0.22 | 0.45 | – |"]
+    for (arch, n), (_, doc) in cals.items():
         loo = doc["leave_one_out"]
         bad = sum(r["backdoor_flagged"] or r["ntl_flagged"] for r in loo)
-        lines.append(f"| {arch} | backdoor z threshold {doc['backdoor']['threshold']:.2f} (built-in 3.33), NTL "
-                     f"{doc['ntl']['threshold']:.2f} (built-in 0.22), trap inversion {doc['ntl']['inversion_threshold']:g} "
-                     f"(built-in 0.45); {len(doc['runs'])} runs |"
-                     f" {bad} of {len(loo)} clean runs flagged by the other teacher's calibration |")
-    lines += ["", "| file | kind | built-in thresholds | right | with `--calibration` | right |", "|---|---|---|---|---|---|"]
-    n_right = [0, 0]
-    for (path, _arch), d, c in zip(todo, default, calibrated):
+        lines.append(f"| {arch} | {n} ({len(doc['runs'])} runs) | {doc['backdoor']['threshold']:.2f} | "
+                     f"{doc['ntl']['threshold']:.2f} | {doc['ntl']['inversion_threshold']:g} | {bad} of {len(loo)} |")
+    ns = sorted(calibrated)
+    lines += ["", "| file | kind | built-in thresholds | right | " +
+              " | ".join(f"calibrated on {n} clean | right" for n in ns) + " |", "|---|---|---|---|" + "---|---|" * len(ns)]
+    right = {0: 0, **{n: 0 for n in ns}}
+    for i, (path, _arch) in enumerate(todo):
         t = json.loads(Path(str(path)[:-5] + ".truth.json").read_text())
         kind = "clean" if t["kind"] == "clean" else f"{t['trigger']['name']} → {t['target']}"
-        (cd, rd), (cc, rc) = verdict(path, d), verdict(path, c)
-        n_right[0] += rd
-        n_right[1] += rc
-        lines.append(f"| {path.name} | {kind} | {cd} | {'yes' if rd else 'no'} | {cc} | {'yes' if rc else 'no'} |")
+        cells = []
+        for key, rep in ((0, default[i]), *((n, calibrated[n][i]) for n in ns)):
+            c, r = verdict(path, rep)
+            right[key] += r
+            cells.append(f"{c} | {'yes' if r else 'no'}")
+        lines.append(f"| {path.name} | {kind} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
-    lines.append(f"| **right** | | | **{n_right[0]}/{len(todo)}** | | **{n_right[1]}/{len(todo)}** |")
+    lines.append("| **right** | | | " + " | ".join(f"**{right[k]}/{len(todo)}** |" for k in (0, *ns)))
     print("\n".join(lines))
     if args.write_docs:
         write_table("User calibration on unseen architectures", "suite_user_calibration.py",
-                    "`teacher-audit calibrate` on two extra clean ONNX teachers per architecture (seeds 2, 3; probe "
-                    "seeds 0, 1), then the `## Unseen architectures (ONNX)` teachers scanned with the built-in "
-                    "thresholds and with `--calibration`. None of the evaluated teachers is in the calibration. "
+                    "`teacher-audit calibrate` on 2 and on 4 extra clean ONNX teachers per architecture (seeds 2-5; "
+                    "probe seeds 0, 1), then the `## Unseen architectures (ONNX)` teachers scanned with the built-in "
+                    "thresholds and with each `--calibration`. None of the evaluated teachers is in a calibration. "
                     "Cells: fused backdoor z / threshold (→ suspected target when flagged); NTL score / threshold. "
                     "'right' = backdoored: flagged with the true target; clean: neither probe flags it.",
                     lines, args.notes)

@@ -63,10 +63,26 @@ class ComponentStats(_Strict):
         return v
 
 
+class ReferenceFeature(_Strict):
+    mean: list[float] = Field(min_length=2)
+    sd: float = Field(gt=0)
+    n: int = Field(ge=1)
+
+    @field_validator("mean")
+    @classmethod
+    def _finite(cls, v: list[float]) -> list[float]:
+        if not all(math.isfinite(x) for x in v):
+            raise ValueError("must be finite numbers")
+        return v
+
+
 class BackdoorCalibration(_Strict):
     components: dict[str, ComponentStats] = Field(min_length=1)
     threshold: float
     margin: float = 0.5
+    class_reference: dict[str, ReferenceFeature] | None = None
+    threshold_basis: str | None = None
+    max_clean: float | None = None
 
 
 class NTLCalibration(_Strict):
@@ -130,9 +146,12 @@ class Calibration(_Strict):
         """Fields of ``probe``'s Config this calibration sets ({} for a probe it does not calibrate)."""
         if probe == BACKDOOR_PROBE:
             b = self.backdoor
-            return {"calibration": {"components": {n: c.model_dump() for n, c in b.components.items()},
-                                    "threshold": b.threshold, "margin": b.margin, "n_clean": self.scope.n_clean,
-                                    "source": self.label, "scope": self.scope_dict()}}
+            cal: dict[str, Any] = {"components": {n: c.model_dump() for n, c in b.components.items()},
+                                   "threshold": b.threshold, "margin": b.margin, "n_clean": self.scope.n_clean,
+                                   "source": self.label, "scope": self.scope_dict()}
+            if b.class_reference:
+                cal["class_reference"] = {n: f.model_dump() for n, f in b.class_reference.items()}
+            return {"calibration": cal}
         if probe == NTL_PROBE:
             return {"threshold": self.ntl.threshold, "inversion_threshold": self.ntl.inversion_threshold,
                     "calibration_scope": self.scope_dict()}
@@ -344,13 +363,29 @@ def _backdoor_run(run: dict[str, Any], ntl_cal: dict[str, Any]) -> tuple[dict[st
 
 
 def fit_parts(runs: list[dict[str, Any]], margin: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(backdoor calibration, NTL calibration) from run records (the NTL thresholds first: the fused
-    backdoor score reads whether the NTL probe flags a trap)."""
-    from teacher_audit.probes.calibration_fit import fit_backdoor, fit_ntl
+    """(backdoor calibration, NTL calibration) from run records.
+
+    NTL: :func:`teacher_audit.probes.calibration_fit.fit_ntl`. Backdoor: the clean class reference
+    (:mod:`teacher_audit.probes.backdoor_reference`) is the one fused component, its threshold from
+    leave-one-teacher-out scores. Measured on the unseen-architecture teachers, it beat standardising the
+    built-in components' magnitudes on the user's teachers (docs/benchmarks.md, "User calibration on
+    unseen architectures").
+    """
+    from teacher_audit.probes import backdoor_reference
+    from teacher_audit.probes.calibration_fit import fit_ntl
     from teacher_audit.probes.ntl_robustness import DEFAULT_INVERSION_THRESHOLD
 
     ntl = fit_ntl([r["ntl"]["details"] for r in runs], DEFAULT_INVERSION_THRESHOLD)
-    bd = fit_backdoor([_backdoor_run(r, ntl) for r in runs], margin)
+    by_teacher: dict[str, list[Any]] = {}
+    for r in runs:
+        by_teacher.setdefault(r["sha256"], []).append(_backdoor_run(r, ntl)[0])
+    try:
+        got = backdoor_reference.fit(list(by_teacher.values()), margin)
+    except ValueError as exc:
+        raise AuditError(f"calibration: {exc}") from None
+    bd = {"components": {backdoor_reference.NAME: {"mean": 0.0, "sd": 1.0}}, "threshold": got["threshold"],
+          "margin": margin, "class_reference": got["reference"], "threshold_basis": got["threshold_basis"],
+          "max_clean": got["max_clean"]}
     return bd, ntl
 
 

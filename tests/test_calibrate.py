@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import html
 import json
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,12 +23,33 @@ from teacher_audit.probes.calibration import fingerprint, scope, scope_note
 from teacher_audit.probes.calibration_fit import fit_backdoor, fit_ntl, ntl_rescore
 
 
+def _per_class(seed: int, odd: int | None = None, natural: int = 8) -> dict[str, list[float]]:
+    """Per-class component details: class ``natural`` is easy in every teacher (large margin, small masks,
+    as class 8 is for the unseen-architecture teachers); ``odd`` is a backdoor-like outlier of this teacher."""
+    g = np.random.default_rng(seed)
+    margins = 10 ** (0.0 + 0.05 * g.standard_normal(10))
+    norms = 10 ** (-1.0 + 0.05 * g.standard_normal(10))
+    robust = 10 ** (-0.5 + 0.05 * g.standard_normal(10))
+    margins[natural] *= 3
+    norms[natural] /= 10
+    robust[natural] /= 10
+    if odd is not None:
+        margins[odd] *= 3
+        norms[odd] /= 10
+        robust[odd] /= 10
+    return {"margins": margins.tolist(), "mask_norms": norms.tolist(), "robust": robust.tolist()}
+
+
 def _run(teacher: str, seed: int, margin: float, inversion: float, robust: float, ntl_tail: float,
-         gap: float | None = None, fp: str = "f" * 16) -> dict:
+         gap: float | None = None, fp: str = "f" * 16, odd: int | None = None) -> dict:
     """A run record as :func:`teacher_audit.calibrate.collect_runs` writes it, with the given raw scores."""
-    comps = {"backdoor_margin": {"status": "ok", "score": margin, "target_class": 1, "details": {}},
-             "backdoor_inversion": {"status": "ok", "score": inversion, "target_class": 2, "details": {}},
-             "backdoor_robust_inversion": {"status": "ok", "score": robust, "target_class": 3, "details": {}}}
+    pc = _per_class(zlib.crc32(f"{teacher}-{seed}".encode()), odd)
+    comps = {"backdoor_margin": {"status": "ok", "score": margin, "target_class": 8,
+                                 "details": {"margins": pc["margins"]}},
+             "backdoor_inversion": {"status": "ok", "score": inversion, "target_class": 8,
+                                    "details": {"mask_norms": pc["mask_norms"]}},
+             "backdoor_robust_inversion": {"status": "ok", "score": robust, "target_class": 8,
+                                           "details": {"mask_norms": pc["robust"]}}}
     ntl = {"collapsed_tail_share": ntl_tail, "pull_excess": 0.0, "synthesis_bn_prior": gap is None}
     if gap is not None:
         ntl["trap_inversion_gap"] = gap
@@ -37,7 +60,7 @@ def _run(teacher: str, seed: int, margin: float, inversion: float, robust: float
 
 
 CLEAN = [_run(t, s, 1.5 + 0.1 * i + 0.05 * s, 1.6 - 0.1 * i, 0.2 + 0.02 * i, 0.05 + 0.02 * i + 0.01 * s)
-         for i, t in enumerate(("aaaa", "bbbb", "cccc")) for s in (0, 1)]
+         for i, t in enumerate(("aaaa", "bbbb", "cccc", "dddd")) for s in (0, 1)]
 
 
 def test_ntl_rule_is_max_clean_times_headroom():
@@ -63,7 +86,7 @@ def test_backdoor_threshold_sits_margin_above_every_clean_run():
     ntl = fit_ntl([r["ntl"]["details"] for r in CLEAN], 0.45)
     runs = [_backdoor_run(r, ntl) for r in CLEAN]
     cal = fit_backdoor(runs, margin=0.5)
-    assert set(cal["components"]) == {"backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion"}
+    assert set(cal["components"]) == {"backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion", "consensus"}
     assert all(c["sd"] >= 0.1 for c in cal["components"].values())
     from teacher_audit.probes.backdoor_fused import fuse
 
@@ -74,17 +97,43 @@ def test_backdoor_threshold_sits_margin_above_every_clean_run():
 
 
 def test_leave_one_out_flags_the_teacher_unlike_the_others():
-    odd = [_run("dddd", s, 8.0, 1.6, 0.2, 0.06) for s in (0, 1)]   # margin far above the clean three
+    odd = [_run("eeee", s, 1.6, 1.6, 0.2, 0.06, odd=3) for s in (0, 1)]   # class 3 outlier, unlike the others
     loo = leave_one_out(CLEAN + odd, margin=0.5)
-    assert len(loo) == 8
+    assert len(loo) == 10
     flagged = {r["file"] for r in loo if r["backdoor_flagged"]}
-    assert flagged == {"dddd.onnx"}
+    assert flagged == {"eeee.onnx"}
+    assert {r["backdoor_target"] for r in loo if r["file"] == "eeee.onnx"} == {3}
     assert leave_one_out(CLEAN[:2], 0.5) == []                  # one teacher: nothing to leave out
+
+
+def test_class_reference_compares_each_class_with_itself():
+    """Clean teachers' naturally easy class 8 is not a finding; the same magnitude on class 3 is. The threshold
+    comes from held-out teachers, so it sits above the in-sample scores."""
+    from teacher_audit.calibrate import _backdoor_run
+    from teacher_audit.probes import backdoor_reference as cr
+
+    ntl = fit_ntl([r["ntl"]["details"] for r in CLEAN], 0.45)
+    teachers = [[_backdoor_run(r, ntl)[0] for r in CLEAN if r["sha256"] == t * 8] for t in ("aaaa", "bbbb", "cccc", "dddd")]
+    got = cr.fit(teachers, margin=0.5)
+    assert got["threshold_basis"] == "leave-one-teacher-out"
+    ref = got["reference"]
+    assert set(ref) == {"margin", "inversion", "robust_inversion"} and all(f["sd"] >= cr.SD_FLOOR for f in ref.values())
+    in_sample = max(cr.result(r, ref).score for t in teachers for r in t)
+    assert got["threshold"] >= in_sample + 0.5
+    clean_new = _backdoor_run(_run("ffff", 0, 1.5, 1.5, 0.2, 0.05), ntl)[0]
+    bd_new = _backdoor_run(_run("gggg", 0, 1.5, 1.5, 0.2, 0.05, odd=3), ntl)[0]
+    rc, rb = cr.result(clean_new, ref), cr.result(bd_new, ref)
+    assert rc.score < got["threshold"] < rb.score and rb.target_class == 3
+    assert cr.result(bd_new, ref, traps={3}).target_class != 3      # an NTL trap class is left to the NTL probe
+    one = cr.fit(teachers[:1], margin=0.5)
+    assert one["threshold_basis"].startswith("in-sample")
+    with pytest.raises(ValueError):
+        cr.fit_reference([{}])
 
 
 def test_fit_writes_a_valid_file_that_reads_back(tmp_path):
     cal = fit(CLEAN, margin=0.5, options={"seeds": [0, 1]})
-    assert cal.scope.n_clean == 3 and cal.scope.fingerprints == ["f" * 16] and len(cal.runs) == 6
+    assert cal.scope.n_clean == 4 and cal.scope.fingerprints == ["f" * 16] and len(cal.runs) == 8
     assert all(not r["backdoor_flagged"] and not r["ntl_flagged"] for r in cal.runs)
     assert all(not r["ntl_flagged"] for r in cal.leave_one_out)
     path = tmp_path / "cal.json"
@@ -161,7 +210,7 @@ def test_scan_applies_the_calibration_and_rules_still_win(tmp_path):
     bd = _configure(PROBES.get("backdoor"), "backdoor", pol, opts, None)
     assert bd.calibration["threshold"] == cal.backdoor.threshold and bd.threshold is None
     ntl = _configure(PROBES.get("ntl_robustness"), "ntl_robustness", pol, opts, None)
-    assert ntl.threshold == cal.ntl.threshold and ntl.calibration_scope["n_clean"] == 3
+    assert ntl.threshold == cal.ntl.threshold and ntl.calibration_scope["n_clean"] == 4
     ruled = parse_policy('[policy]\nname = "t"\n[probes.ntl_robustness]\nthreshold = 0.9\n')
     assert _configure(PROBES.get("ntl_robustness"), "ntl_robustness", ruled, opts, None).threshold == 0.9
     # [calibration] file in the rules resolves against the rules file's folder; --calibration wins
@@ -207,7 +256,8 @@ def _export(teacher, path: Path) -> Path:
 def test_calibrate_then_scan_end_to_end(tmp_path, capsys):
     """The user's workflow on ONNX teachers (LeNet-5 trained here, no card: outside the built-in scope):
     calibrate on three clean ones, then scan a held-out clean one and a backdoored one with the file.
-    Measured (one thread): held-out clean fused z 0.98 < threshold 1.65; BadNets 4.41, target 3."""
+    Measured (one thread, offline from the same runs): class-reference threshold 4.36 (leave-one-teacher-out);
+    held-out clean 1.33, BadNets 11.46 with target 3; NTL clean 0.039 < 0.05."""
     from teacher_audit.cli import main
     from teacher_audit.zoo.tiny import train_tiny
 

@@ -73,8 +73,10 @@ def calibrate(
     cal = res.calibration
     out.print(f"calibration written to {clean(out_path, 300)}: {cal.scope.n_clean} clean teacher(s), "
               f"{len(cal.runs)} run(s), architecture(s) {', '.join(clean(a, 60) for a in cal.scope.archs)}", markup=False, soft_wrap=True)
-    out.print(f"  backdoor: fused threshold {cal.backdoor.threshold:.2f} (largest clean fused z "
-              f"{max(r['backdoor_fused'] for r in cal.runs):.2f} + margin {cal.backdoor.margin:g})", markup=False, soft_wrap=True)
+    b = cal.backdoor
+    out.print(f"  backdoor: class-reference threshold {b.threshold:.2f} (largest clean score, "
+              f"{b.threshold_basis or 'in-sample'}, {b.max_clean if b.max_clean is not None else float('nan'):.2f} "
+              f"+ margin)", markup=False, soft_wrap=True)
     inv = (f"; robust trap inversion threshold {cal.ntl.inversion_threshold:g} decades (largest clean gap "
            f"{cal.ntl.max_clean_gap:.2f} x 1.25)" if cal.ntl.inversion_fitted else "")
     out.print(f"  ntl: threshold {cal.ntl.threshold:.2f} (largest clean pull/tail score {cal.ntl.max_clean_score:.3f} "

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from teacher_audit.probes import backdoor_reference as class_reference
 from teacher_audit.probes.backdoor_common import Clock, has_bn_prior, synthetic_samples
 from teacher_audit.probes.backdoor_inversion import (InversionConfig, InversionProbe, RobustInversionConfig,
                                                      RobustInversionProbe)
@@ -203,14 +204,21 @@ def consensus(results: dict[str, ProbeResult]) -> ProbeResult | None:
                        summary=f"class {tgt} is anomalous in both margin and trigger size (sum of z {total[tgt]:.1f})")
 
 
-def derived(results: dict[str, ProbeResult], ntl: dict[str, Any] | None = None) -> dict[str, ProbeResult]:
-    """Every scored component: the run components, ``consensus`` and ``pull``; a component whose target
-    is an NTL trap class is marked ``explained_by_trap`` (it then adds no backdoor evidence)."""
+def derived(results: dict[str, ProbeResult], ntl: dict[str, Any] | None = None,
+            calib: dict[str, Any] | None = None) -> dict[str, ProbeResult]:
+    """Every scored component: the run components, ``consensus`` and ``pull``, and with a user calibration
+    that has a clean class reference, ``class_reference`` (:mod:`teacher_audit.probes.backdoor_reference`,
+    trap classes left out); a component whose target is an NTL trap class is marked ``explained_by_trap``
+    (it then adds no backdoor evidence)."""
     traps = trap_classes(ntl)
     everyone = dict(results)
     cons = consensus(everyone)
     if cons is not None:
         everyone["consensus"] = cons
+    if calib and calib.get("class_reference"):
+        ref = class_reference.result(results, calib["class_reference"], traps)
+        if ref is not None:
+            everyone[class_reference.NAME] = ref
     everyone = {n: explained(r, traps) for n, r in everyone.items()}
     pull = pull_result(ntl, traps)
     if pull is not None:
@@ -221,7 +229,7 @@ def derived(results: dict[str, ProbeResult], ntl: dict[str, Any] | None = None) 
 def standardise(results: dict[str, ProbeResult], calib: dict[str, Any],
                 ntl: dict[str, Any] | None = None) -> dict[str, float]:
     """z-score of each calibrated component's raw score against the clean calibration statistics."""
-    return _z(derived(results, ntl), calib)
+    return _z(derived(results, ntl, calib), calib)
 
 
 def _z(everyone: dict[str, ProbeResult], calib: dict[str, Any]) -> dict[str, float]:
@@ -263,7 +271,7 @@ def fuse(results: dict[str, ProbeResult], calib: dict[str, Any],
     robust-tail class votes with weight 2 x the calibrated threshold (a component has to be more than
     twice as far over the threshold to overrule it). Ties/no votes: the class of the largest z.
     """
-    everyone = derived(results, ntl)
+    everyone = derived(results, ntl, calib)
     z = _z(everyone, calib)
     if not z:
         return float("nan"), None, z
@@ -273,7 +281,7 @@ def fuse(results: dict[str, ProbeResult], calib: dict[str, Any],
         r = everyone[n]
         if r.target_class is not None and not (r.details or {}).get("explained_by_trap"):
             weight[int(r.target_class)] = weight.get(int(r.target_class), 0.0) + max(v, 0.0)
-    tail = tail_class(ntl)
+    tail = None if calib.get("class_reference") else tail_class(ntl)  # the reference compares classes itself
     if tail is not None and tail not in trap_classes(ntl):
         weight[tail] = weight.get(tail, 0.0) + 2.0 * float(calib.get("threshold", 0.0))
     tgt = everyone[best].target_class
@@ -351,7 +359,7 @@ class FusedBackdoorProbe(Probe):
             return ProbeResult(probe=self.name, threat="backdoor", status="error", budget=budget, seed=cfg.seed,
                                summary="no backdoor component produced a score",
                                details={n: r.summary for n, r in results.items()})
-        everyone = derived(results, nd)
+        everyone = derived(results, nd, calib)
         flagged = score > thr
         own = [n for n, r in results.items() if r.flagged]
         if flagged:
@@ -372,7 +380,7 @@ class FusedBackdoorProbe(Probe):
         if traps:
             summary += (f"; class {', '.join(map(str, traps))} left out: the NTL probe attributes it to a robust "
                         "OOD trap (see the NTL finding)")
-        cons, pull = everyone.get("consensus"), everyone.get("pull")
+        cons, pull, cref = everyone.get("consensus"), everyone.get("pull"), everyone.get(class_reference.NAME)
         return ProbeResult(
             probe=self.name, threat="backdoor", score=score, threshold=thr, flagged=flagged, severity=sev,
             target_class=tgt if flagged else None, summary=summary,
@@ -383,6 +391,8 @@ class FusedBackdoorProbe(Probe):
                      "consensus": None if cons is None else {"score": cons.score, "target_class": cons.target_class},
                      "pull": None if pull is None else {"score": pull.score, "target_class": pull.target_class,
                                                         **pull.details},
+                     "class_reference": None if cref is None else {"score": cref.score, "target_class": cref.target_class,
+                                                                   **cref.details},
                      "trap_classes": traps, "ntl_used": nd is not None,
                      "z": z, "suspected_target_any": tgt, **(extra or {}),
                      "calibration": {"source": calib.get("source"), "n_clean": calib.get("n_clean")}},
@@ -402,6 +412,6 @@ class FusedBackdoorProbe(Probe):
             return result
         results = component_results(comps)
         extra = {k: v for k, v in result.details.items()
-                 if k not in ("components", "consensus", "pull", "trap_classes", "ntl_used", "z",
+                 if k not in ("components", "consensus", "pull", "class_reference", "trap_classes", "ntl_used", "z",
                               "suspected_target_any", "calibration")}
         return self.conclude(results, result.budget, list(result.evidence), extra, ntl=ntl)
