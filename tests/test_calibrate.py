@@ -301,3 +301,17 @@ def test_calibrate_then_scan_end_to_end(tmp_path, capsys):
               "--cache-dir", str(tmp_path / "cal.json.runs")])
     assert "seed 0: cached" in capsys.readouterr().err
     assert load_calibration(tmp_path / "again.json").backdoor == doc.backdoor
+
+
+def test_a_reference_for_another_class_count_is_an_error_that_says_so():
+    """A calibration of 10-class teachers applied to a teacher whose components report 5 classes: no silent pass."""
+    from teacher_audit.calibrate import _backdoor_run
+    from teacher_audit.probes.backdoor_fused import FusedBackdoorProbe, FusedConfig
+    from teacher_audit.report.model import Budget
+
+    cal = fit(CLEAN).overrides("backdoor")["calibration"]
+    five = _backdoor_run(_run("hhhh", 0, 1.5, 1.5, 0.2, 0.05), fit(CLEAN).ntl.model_dump())[0]
+    for r in five.values():
+        r.details = {k: v[:5] for k, v in r.details.items()}
+    out = FusedBackdoorProbe(FusedConfig(calibration=cal)).conclude(five, Budget(), [])
+    assert out.status == "error" and "class reference" in out.summary and "10 classes" in out.summary

@@ -81,6 +81,10 @@ def calibrate(
            f"{cal.ntl.max_clean_gap:.2f} x 1.25)" if cal.ntl.inversion_fitted else "")
     out.print(f"  ntl: threshold {cal.ntl.threshold:.2f} (largest clean pull/tail score {cal.ntl.max_clean_score:.3f} "
               f"x 1.25, at least 0.05){inv}", markup=False, soft_wrap=True)
+    if len(cal.scope.fingerprints) > 1:
+        out.print(f"  warning: the clean teachers have {len(cal.scope.fingerprints)} different structures; one class "
+                  "reference now covers all of them -- calibrate each architecture separately", markup=False,
+                  soft_wrap=True)
     if cal.leave_one_out:
         bad = res.loo_flagged
         out.print(f"  leave-one-teacher-out: {len(bad)} of {len(cal.leave_one_out)} clean run(s) would have been "

@@ -356,9 +356,15 @@ class FusedBackdoorProbe(Probe):
         nd = ntl_details(ntl, bool((extra or {}).get("synthesis_bn_prior", True)))
         score, tgt, z = fuse(results, calib, nd)
         if not z:
+            why = "no backdoor component produced a score"
+            ref = calib.get("class_reference")
+            if ref:
+                k = {len(f["mean"]) for f in ref.values()}
+                why += (f": the calibration's class reference ({calib.get('source') or 'user calibration'}) has "
+                        f"{'/'.join(map(str, sorted(k)))} classes and none of its features matches this teacher's "
+                        "component results (another number of classes, or the components did not run)")
             return ProbeResult(probe=self.name, threat="backdoor", status="error", budget=budget, seed=cfg.seed,
-                               summary="no backdoor component produced a score",
-                               details={n: r.summary for n, r in results.items()})
+                               summary=why, details={n: r.summary for n, r in results.items()})
         everyone = derived(results, nd, calib)
         flagged = score > thr
         own = [n for n, r in results.items() if r.flagged]
