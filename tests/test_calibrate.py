@@ -315,3 +315,42 @@ def test_a_reference_for_another_class_count_is_an_error_that_says_so():
         r.details = {k: v[:5] for k, v in r.details.items()}
     out = FusedBackdoorProbe(FusedConfig(calibration=cal)).conclude(five, Budget(), [])
     assert out.status == "error" and "class reference" in out.summary and "10 classes" in out.summary
+
+
+def test_ci_workflow_takes_the_calibration_from_the_base_commit(tmp_path):
+    """The example workflow's policy step, run on a repository whose change under review edits the calibration:
+    the copied rules read the BASE commit's calibration file."""
+    import os
+    import subprocess
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    wf = yaml.safe_load((root / "examples/ci/teacher-audit.yml").read_text())
+    step = next(s["run"] for s in wf["jobs"]["audit"]["steps"] if "rules/teacher-audit.toml" in s.get("run", ""))
+    lines = step.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.strip().startswith('mkdir -p "$RUNNER_TEMP/teacher-audit"'))
+    policy_script = "\n".join(lines[start:])
+    repo = tmp_path / "repo"
+    (repo / "rules/calibration").mkdir(parents=True)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "RUNNER_TEMP": str(tmp_path / "runner")}
+
+    def sh(cmd: str) -> str:
+        return subprocess.run(["bash", "-euo", "pipefail", "-c", cmd], cwd=repo, env=env, capture_output=True,
+                              text=True, check=True, timeout=120).stdout
+
+    good = fit(CLEAN)
+    (repo / "rules/teacher-audit.toml").write_text('[policy]\nname = "org"\n[calibration]\nfile = "calibration/net.json"\n')
+    (repo / "rules/calibration/net.json").write_text(good.to_json())
+    sh("git init -q && git add -A && git commit -qm base")
+    base = sh("git rev-parse HEAD").strip()
+    weak = json.loads(good.to_json())
+    weak["backdoor"]["threshold"] = 1e9                      # the change under review tries to switch the gate off
+    (repo / "rules/calibration/net.json").write_text(json.dumps(weak))
+    sh("git commit -qam 'raise the threshold'")
+    sh(f"base={base}\n{policy_script}")
+    from teacher_audit.scan import ScanOptions
+
+    used = ScanOptions(rules=tmp_path / "runner/teacher-audit/policy.toml").resolved_calibration()
+    assert used.backdoor.threshold == good.backdoor.threshold
