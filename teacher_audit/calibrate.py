@@ -324,24 +324,14 @@ def _read_cached(cached: Path | None, sha: str, seed: int) -> dict[str, Any] | N
 
 def _run_parallel(todo: list[tuple[str, str, int, Path | None]], scan_opts: Any, opts: CalibrateOptions,
                   finished: Callable[..., None]) -> None:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
+    from teacher_audit.scan import in_workers
 
-    from teacher_audit.scan import _worker_init
-
-    ex = ProcessPoolExecutor(max_workers=opts.jobs, mp_context=get_context("spawn"), initializer=_worker_init)
-    try:
-        futs = {}
-        for item in todo:
-            futs[ex.submit(_run_one, item[1], item[2], scan_opts)] = item
-            if opts.on_run:
-                opts.on_run(item[1], item[2], "queued")
-        for fut in as_completed(futs):
-            finished(*futs[fut], fut.result())  # a failed run raises here; the finished ones stay cached
-    except BaseException:
-        ex.shutdown(wait=False, cancel_futures=True)
-        raise
-    ex.shutdown(wait=True)
+    if opts.on_run:
+        for _sha, p, seed, _cached in todo:
+            opts.on_run(p, seed, "queued")
+    with in_workers([(item, _run_one, (item[1], item[2], scan_opts)) for item in todo], opts.jobs) as done:
+        for item, fut in done:
+            finished(*item, fut.result())  # a failed run raises here; the finished ones stay cached
 
 
 # --- the fit ---------------------------------------------------------------------------------------------

@@ -29,8 +29,9 @@ import hashlib
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -448,6 +449,22 @@ def _worker(path: str, options: ScanOptions) -> str:
     return scan_file(path, options).model_dump_json()
 
 
+@contextmanager
+def in_workers(calls: list[tuple[Any, Callable[..., Any], tuple[Any, ...]]],
+               jobs: int) -> Iterator[Iterator[tuple[Any, Future]]]:
+    """Run ``fn(*args)`` for each ``(key, fn, args)`` in spawned worker processes (one torch thread each);
+    the context gives ``(key, future)`` pairs as they complete. An exception in the ``with`` body (Ctrl-C,
+    a usage error, a failed call re-raised) drops the queued calls and does not wait for running ones."""
+    ex = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_worker_init)
+    try:
+        futs = {ex.submit(fn, *args): key for key, fn, args in calls}
+        yield ((futs[fut], fut) for fut in as_completed(futs))
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
+
+
 def scan_many(paths: Iterable[str | os.PathLike[str]], options: ScanOptions | None = None, jobs: int = 1,
               on_report: Callable[[Report], None] | None = None) -> ScanSet:
     """Audit many checkpoints (files, directories, globs); one ``ScanSet`` whose verdict is the worst.
@@ -476,24 +493,16 @@ def scan_many(paths: Iterable[str | os.PathLike[str]], options: ScanOptions | No
     else:
         # callbacks do not cross process boundaries: workers use the default engine and no probe progress
         options = replace(options, engine_factory=None, on_probe=None)
-        ex = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_worker_init)
-        try:
-            futs = {ex.submit(_worker, f, options): f for f in files}
-            for fut in as_completed(futs):
-                f = futs[fut]
+        with in_workers([(f, _worker, (f, options)) for f in files], jobs) as done:
+            for f, fut in done:
                 try:
                     reports[f] = Report.model_validate_json(fut.result())
                 except (KeyboardInterrupt, UsageError):
-                    raise
+                    raise  # in_workers drops the queued files and does not wait for running ones
                 except Exception as exc:  # noqa: BLE001 - a dead worker is an error for that file
                     reports[f] = _error_report(f, options, exc)
                 if on_report:
                     on_report(reports[f])
-        except BaseException:
-            # Ctrl-C or a usage error: drop queued files, do not wait for running ones
-            ex.shutdown(wait=False, cancel_futures=True)
-            raise
-        ex.shutdown(wait=True)
     ordered = [reports[f] for f in files]
     return ScanSet(verdict=combine([r.verdict for r in ordered]), reports=ordered)
 
