@@ -240,7 +240,8 @@ def _cache_key(sha: str, seed: int, scan_opts: Any) -> str:
 def _run_one(path: str, seed: int, scan_opts: Any) -> dict[str, Any]:
     from teacher_audit.scan import scan_file
 
-    rep = scan_file(path, replace(scan_opts, seed=seed, calibration=None))
+    # raw scores only: no calibration, not even the one the rules name (it may be the file being written)
+    rep = scan_file(path, replace(scan_opts, seed=seed, calibration=None, policy_calibration=False))
     if rep.verdict.status in ("error", "not_auditable") and not rep.probes:
         raise AuditError(f"calibration teacher {path}: {'; '.join(rep.verdict.reasons) or rep.verdict.status}")
     by = {r.probe: r for r in rep.probes}
