@@ -367,9 +367,11 @@ def fit_parts(runs: list[dict[str, Any]], margin: float) -> tuple[dict[str, Any]
     from teacher_audit.probes.ntl_robustness import DEFAULT_INVERSION_THRESHOLD
 
     ntl = fit_ntl([r["ntl"]["details"] for r in runs], DEFAULT_INVERSION_THRESHOLD)
+    from teacher_audit.probes.backdoor_fused import component_results
+
     by_teacher: dict[str, list[Any]] = {}
-    for r in runs:
-        by_teacher.setdefault(r["sha256"], []).append(_backdoor_run(r, ntl)[0])
+    for r in runs:  # the reference reads the components only (no NTL details needed)
+        by_teacher.setdefault(r["sha256"], []).append(component_results(r["backdoor"]["details"]["components"]))
     try:
         got = backdoor_reference.fit(list(by_teacher.values()), margin)
     except ValueError as exc:
