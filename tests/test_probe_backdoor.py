@@ -10,6 +10,7 @@ from teacher_audit.probes.backdoor_fused import FusedBackdoorProbe, FusedConfig
 from teacher_audit.probes.backdoor_inversion import InversionConfig, InversionProbe
 from teacher_audit.probes.backdoor_margin import MarginConfig, MarginProbe, gamma_pvalue
 from teacher_audit.probes.backdoor_shuffle import ShuffleConfig, ShuffleProbe
+from teacher_audit.probes.backdoor_sink import SinkConfig, SinkProbe
 from teacher_audit.probes.calibration import scope
 from teacher_audit.report.model import ProbeResult
 
@@ -38,7 +39,7 @@ def samples(pair):
 
 
 def test_registered():
-    for name in ("backdoor", "backdoor_margin", "backdoor_inversion", "backdoor_shuffle"):
+    for name in ("backdoor", "backdoor_margin", "backdoor_inversion", "backdoor_shuffle", "backdoor_sink"):
         assert name in PROBES
     assert PROBES.meta("backdoor")["default"] is True
     assert PROBES.meta("backdoor_margin")["default"] is False
@@ -87,6 +88,30 @@ def test_shuffle_probe_separates(pair, samples):
     assert rb.score > rc.score
 
 
+def test_sink_probe_separates(pair):
+    bd, clean = pair
+    rb, rc = SinkProbe(SinkConfig()).run(bd), SinkProbe(SinkConfig()).run(clean)
+    sb, sc = rb.details["shares"], rc.details["shares"]
+    print("sink shares", [round(v, 3) for v in sb], [round(v, 3) for v in sc])
+    assert rb.status == "ok" and rb.budget.teacher_passes == 1024 and len(sb) == len(sc) == 10
+    assert abs(sum(sb) - 1) < 1e-3  # shares are rounded to 4 decimals
+    # the backdoor target absorbs the dead-leaves pictures; the clean twin's same class does not
+    assert rb.target_class == TARGET
+    assert sb[TARGET] > 2 * sc[TARGET]
+    assert rb.evidence and rb.evidence[0].name == "sink_samples"
+
+
+def test_sink_probe_skips_without_input_statistics(pair):
+    import dataclasses
+
+    from teacher_audit.teacher import Teacher
+
+    bd, _ = pair
+    spec = dataclasses.replace(bd.spec, sources={**bd.spec.sources, "mean": "default", "std": "default"})
+    r = SinkProbe(SinkConfig()).run(Teacher(model=bd.model, spec=spec, arch=bd.arch, fmt=bd.fmt))
+    assert r.status == "skipped" and r.score is None and "mean/std" in r.summary
+
+
 def test_fused_probe_flags_backdoor_not_clean(pair):
     bd, clean = pair
     cfg = FusedConfig(margin=MarginConfig(starts=4, steps=40, limit_seconds=None),
@@ -99,7 +124,7 @@ def test_fused_probe_flags_backdoor_not_clean(pair):
     assert rb.details["consensus"]["target_class"] == TARGET
     assert rb.details["consensus"]["score"] > rc.details["consensus"]["score"]
     assert set(rb.details["components"]) == {"backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion",
-                                             "backdoor_shuffle"}
+                                             "backdoor_shuffle", "backdoor_sink"}
     assert rb.budget.teacher_passes > 0
 
 

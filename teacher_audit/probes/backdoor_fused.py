@@ -2,8 +2,9 @@
 
 Runs the component probes on one shared budget — max-margin (MM-BD, Wang et al. S&P 2024), trigger
 inversion on synthetic samples (Neural Cleanse style), the same inversion with stamped samples that must
-survive PGD (robust inversion: global triggers such as Blend and SIG) and shuffle agreement (ABD suspect
-model, Hong et al. ICML 2023) — and fuses their scores.
+survive PGD (robust inversion: global triggers such as Blend and SIG), shuffle agreement (ABD suspect
+model, Hong et al. ICML 2023) and the procedural sink (the class that absorbs dead-leaves pictures; no
+BN prior, forward passes only) — and fuses their scores.
 
 Fusion (documented in docs/backdoor.md): every component score s_i — the run components, the
 per-class ``consensus`` of margin and inversion (:func:`consensus`) and, when ``scan`` also ran the
@@ -20,7 +21,7 @@ threshold is a measured operating point, not a guaranteed false-positive rate; r
 Threat assumption: all-to-one backdoor; any architecture; no data; no BN prior.
 
 Options (``FusedConfig``): one config per component (``margin``, ``inversion``, ``robust`` -- the robust
-inversion, ``shuffle``), the
+inversion, ``shuffle``, ``sink``), the
 shared synthetic sample count ``samples`` and generator steps ``synth_steps``, ``components`` to
 run, ``threshold`` (None = calibrated default), ``calibration`` (None = built-in constants),
 ``budget_seconds`` (overall cap set by ``scan``; shared out over the remaining components, each
@@ -45,6 +46,7 @@ from teacher_audit.probes.backdoor_inversion import (InversionConfig, InversionP
                                                      RobustInversionProbe)
 from teacher_audit.probes.backdoor_margin import MarginConfig, MarginProbe
 from teacher_audit.probes.backdoor_shuffle import ShuffleConfig, ShuffleProbe
+from teacher_audit.probes.backdoor_sink import SinkConfig, SinkProbe
 from teacher_audit.probes.base import PROBES, Probe
 from teacher_audit.probes.calibration import fingerprint, scope, scope_note
 from teacher_audit.report.model import Budget, ProbeResult
@@ -75,13 +77,17 @@ CALIBRATION: dict[str, Any] = {
         "pull": {
             "mean": 0.1073,
             "sd": 0.0345
+        },
+        "backdoor_sink": {
+            "mean": 0.312,
+            "sd": 0.1023
         }
     },
     "threshold": 3.3279,
     "margin": 0.5,
     "n_clean": 6,
     "n_clean_runs": 12,
-    "source": "benchmarks/suite_backdoor.py --calibrate on 6 clean zoo teachers x 2 probe seeds, 2026-11-23"
+    "source": "benchmarks/suite_backdoor.py --calibrate on 6 clean zoo teachers x 2 probe seeds, 2026-12-07"
 }
 
 #: component name -> (probe class, its ``FusedConfig`` field, whether it runs on the shared synthetic samples)
@@ -90,6 +96,7 @@ _COMPONENTS: dict[str, tuple[type[Probe], str, bool]] = {
     "backdoor_inversion": (InversionProbe, "inversion", True),
     "backdoor_robust_inversion": (RobustInversionProbe, "robust", True),
     "backdoor_shuffle": (ShuffleProbe, "shuffle", True),
+    "backdoor_sink": (SinkProbe, "sink", False),
 }
 
 
@@ -101,8 +108,9 @@ class FusedConfig:
     inversion: InversionConfig = field(default_factory=InversionConfig)
     robust: RobustInversionConfig = field(default_factory=RobustInversionConfig)
     shuffle: ShuffleConfig = field(default_factory=ShuffleConfig)
-    components: tuple[str, ...] = ("backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion",
-                                   "backdoor_shuffle")
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    components: tuple[str, ...] = ("backdoor_sink", "backdoor_margin", "backdoor_inversion",
+                                   "backdoor_robust_inversion", "backdoor_shuffle")
     samples: int = 96
     synth_steps: int | None = None
     threshold: float | None = None

@@ -10,7 +10,8 @@ class can be compared with ITSELF:
 
 * per-class features of the fused probe's components: log10 of the max-margin (``backdoor_margin``),
   -log10 of the inverted mask size (``backdoor_inversion``) and of the robust inverted mask size
-  (``backdoor_robust_inversion``);
+  (``backdoor_robust_inversion``), log10 of the share of dead-leaves pictures the class absorbs
+  (``backdoor_sink``; calibration files written before it have no such feature and are used without it);
 * per feature, the clean mean of each class and ONE sd pooled over classes and runs (a per-class sd from
   a handful of runs is too noisy), at least :data:`SD_FLOOR`;
 * class score = sum over the features of the class's z; the component's score is the largest class
@@ -31,11 +32,15 @@ import numpy as np
 from teacher_audit.report.model import ProbeResult
 
 NAME = "class_reference"
-#: per-class feature -> (component, details key, sign, floor of the raw value)
+#: per-class feature -> (component, details key, sign, floor of the raw value). The sink's floor is a 3 % share:
+#: below ~30 of the 1,024 pictures the log share of a class is counting noise, and a backdoor raises a share;
+#: measured on 3 clean LeNet-5 teachers x 2 seeds, it lowers the leave-one-teacher-out clean maximum from
+#: 5.5 (floor 0.1 %) to 3.3 (docs/backdoor.md, "Added in session 12").
 FEATURES: dict[str, tuple[str, str, float, float]] = {
     "margin": ("backdoor_margin", "margins", 1.0, 1e-3),
     "inversion": ("backdoor_inversion", "mask_norms", -1.0, 1e-4),
     "robust_inversion": ("backdoor_robust_inversion", "mask_norms", -1.0, 1e-4),
+    "sink": ("backdoor_sink", "shares", 1.0, 3e-2),
 }
 #: smallest pooled sd (decades)
 SD_FLOOR = 0.2

@@ -31,11 +31,13 @@ from teacher_audit.report.model import ProbeResult
 #: score did not separate on the zoo (AUROC ~0.5; a BN-folded ONNX export of a clean teacher scored like a
 #: backdoor), so it is left out of the fusion.
 FUSED_COMPONENTS: tuple[str, ...] = ("backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion",
-                                     "consensus", "pull")
+                                     "consensus", "pull", "backdoor_sink")
 
-#: smallest sd per component; default :data:`DEFAULT_SD_FLOOR`. The pull is a share (clean spread ~0.05),
-#: the other scores are on a -log10 p / robust-z scale.
-SD_FLOOR: dict[str, float] = {"pull": 0.02}
+#: smallest sd per component; default :data:`DEFAULT_SD_FLOOR`. The pull is a share (clean spread ~0.05), the
+#: other scores are on a -log10 p / robust-z scale. The sink is a share too, but its floor is wide: clean
+#: teachers of architectures outside the zoo have natural sinks up to an excess share of 0.56 (a ViT and a
+#: GroupNorm CNN, docs/backdoor.md "Procedural sink"), well above the zoo's clean 0.18-0.41.
+SD_FLOOR: dict[str, float] = {"pull": 0.02, "backdoor_sink": 0.1}
 DEFAULT_SD_FLOOR = 0.1
 
 NTL_HEADROOM = 1.25

@@ -1,0 +1,86 @@
+"""Procedural probe images: dead-leaves pictures drawn from noise, with no data and no teacher pass.
+
+A dead-leaves image (Matheron's model; used as data-free pre-training images by Baradad et al., NeurIPS
+2021) is a stack of occluding discs and rectangles whose sizes follow a power law (radius density ~ r^-3),
+which gives it the edges, flat regions and scale mix of natural pictures without any object in it. The
+backdoor probes use such pictures as inputs that carry no class evidence: they need no BatchNorm prior
+(unlike the engine's generator), so they behave the same on a teacher and on its BN-folded ONNX export.
+
+Each picture's per-channel mean and standard deviation are moved to the teacher's own input statistics
+(``InputSpec.mean`` / ``std``, when intake knows them from a card, a flag or the architecture registry): a
+Fashion-MNIST teacher sees dark pictures with bright shapes, an ImageNet one mid-grey colour pictures.
+Unknown statistics (intake's defaults) leave the pictures as drawn; :func:`spec_moments` says which case
+holds, and the sink probe does not score a teacher whose statistics are unknown (docs/backdoor.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from teacher_audit.intake.spec import InputSpec
+
+
+def dead_leaves(n: int, shape: tuple[int, int, int], generator: torch.Generator, shapes: int = 60,
+                rmin: float = 0.03, rmax: float = 0.5) -> torch.Tensor:
+    """``n`` dead-leaves pictures of ``shape`` (C, H, W) in [0, 1], on the CPU.
+
+    Args:
+        shapes: discs and rectangles stacked per picture (later ones occlude earlier ones).
+        rmin, rmax: smallest and largest radius as a fraction of the picture's side.
+    """
+    c, h, w = shape
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    img = torch.rand((n, c, 1, 1), generator=generator).expand(n, c, h, w).clone()
+    a, b = rmin ** -2, rmax ** -2
+    for _ in range(shapes):
+        r = (a - torch.rand(n, generator=generator) * (a - b)) ** -0.5  # inverse CDF of density ~ r^-3
+        cx = torch.rand(n, generator=generator)[:, None, None]
+        cy = torch.rand(n, generator=generator)[:, None, None]
+        disc = torch.rand(n, generator=generator)[:, None, None] < 0.5
+        rr = r[:, None, None]
+        inside = torch.where(disc, (xx - cx) ** 2 + (yy - cy) ** 2 < rr ** 2,
+                             ((xx - cx).abs() < rr) & ((yy - cy).abs() < 0.6 * rr))[:, None].float()
+        colour = torch.rand((n, c, 1, 1), generator=generator)
+        if c > 1 and torch.rand(1, generator=generator).item() < 0.5:
+            colour = colour.mean(1, keepdim=True).expand(n, c, 1, 1)  # half of the shapes grey
+        img = img * (1 - inside) + colour * inside
+    return img
+
+
+def match_moments(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Each picture's per-channel mean and sd moved to ``mean`` / ``std`` (unit scale), clamped to [0, 1]."""
+    m = x.mean(dim=(2, 3), keepdim=True)
+    s = x.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
+    return ((x - m) / s * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)).clamp(0.0, 1.0)
+
+
+def _unknown(source: str | None, values: tuple[float, ...], default: float) -> bool:
+    """Intake's default (or, for a spec built in code without sources, the default values themselves)."""
+    return source == "default" if source is not None else all(float(v) == default for v in values)
+
+
+def spec_moments(spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The teacher's input mean and sd on the unit scale of its value range, or None when intake does not
+    know them (defaults) or they are not those of pictures in the range."""
+    if _unknown(spec.sources.get("mean"), spec.mean, 0.0) or _unknown(spec.sources.get("std"), spec.std, 1.0):
+        return None
+    lo, hi = (float(v) for v in spec.value_range)
+    if hi <= lo or len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
+        return None
+    mean = (torch.tensor(spec.mean, dtype=torch.float32) - lo) / (hi - lo)
+    std = torch.tensor(spec.std, dtype=torch.float32) / (hi - lo)
+    if not (bool(((mean > 0) & (mean < 1)).all()) and bool(((std > 0) & (std <= 0.5)).all())):
+        return None
+    return mean, std
+
+
+def probe_images(spec: InputSpec, n: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``n`` dead-leaves pictures for a teacher of ``spec``, moment-matched when its statistics are known,
+    in its raw value range on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    x = dead_leaves(n, (spec.channels, spec.height, spec.width), g)
+    moments = spec_moments(spec)
+    if moments is not None:
+        x = match_moments(x, *moments)
+    lo, hi = (float(v) for v in spec.value_range)
+    return (lo + (hi - lo) * x).to(device)
