@@ -58,7 +58,8 @@ from teacher_audit.probes.calibration_fit import fit_backdoor  # noqa: E402
 from teacher_audit.report.model import ProbeResult  # noqa: E402
 
 POSITIVE = {"backdoor", "clean_label", "ntl_backdoor"}
-COMPONENTS = ("backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion", "backdoor_shuffle", "consensus", "pull")
+COMPONENTS = ("backdoor_margin", "backdoor_inversion", "backdoor_robust_inversion", "backdoor_shuffle", "consensus", "pull",
+              "backdoor_sink")
 
 
 def bench_config() -> FusedConfig:
@@ -69,7 +70,7 @@ def bench_config() -> FusedConfig:
     would depend on the machine's load; on an idle machine the caps are not reached for a smallcnn.
     """
     cfg = FusedConfig()
-    for sub in (cfg.margin, cfg.inversion, cfg.robust, cfg.shuffle):
+    for sub in (cfg.margin, cfg.inversion, cfg.robust, cfg.shuffle, cfg.sink):
         if hasattr(sub, "limit_seconds"):
             sub.limit_seconds = None
     return cfg
@@ -307,12 +308,12 @@ def markdown(ev: dict[str, Any], cmd: str) -> str:
               "Per teacher (seed 0): component scores as fused (z-scored against the clean runs; `lead` = the "
               "component with the largest z).", "",
               "| teacher | kind | trigger | target | fused z | suspected | lead | margin | inversion | robust inversion "
-              "| consensus | pull | NTL trap class (left out) | shuffle (not fused) | s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| consensus | pull | sink | NTL trap class (left out) | shuffle (not fused) | s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ev["per_teacher"]:
         lines.append(f"| {r['name']} | {r['kind']} | {r['trigger'] or ''} | {r['target'] if r['target'] is not None else ''} "
                      f"| {r['fused']} | {r['suspected']} | {r['lead'] or ''} | {r.get('margin')} | {r.get('inversion')} | "
-                     f"{r.get('robust_inversion')} | {r.get('consensus')} | {r.get('pull')} | {','.join(map(str, r['traps']))} | {r.get('shuffle')} | "
+                     f"{r.get('robust_inversion')} | {r.get('consensus')} | {r.get('pull')} | {r.get('sink')} | {','.join(map(str, r['traps']))} | {r.get('shuffle')} | "
                      f"{r['seconds']} |")
     if ev.get("onnx"):
         lines += ["", "BN-folded ONNX exports (`torch.onnx.export`, constant folding; not in the AUROC above), scored "
