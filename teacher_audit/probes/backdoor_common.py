@@ -102,6 +102,11 @@ def robust_z(values: np.ndarray, idx: int, low_is_anomalous: bool = False, min_m
     return float(d / mad)
 
 
+def excess_share(share: float, k: int) -> float:
+    """``(share - 1/k) / (1 - 1/k)``: 0 for a uniform spread over ``k`` classes, 1 for all in one."""
+    return (share - 1.0 / k) / (1.0 - 1.0 / k)
+
+
 def safe_log10_p(p: float) -> float:
     """-log10 of a p-value, finite even for p == 0."""
     return float(-math.log10(max(p, 1e-300)))

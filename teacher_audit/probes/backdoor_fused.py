@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from teacher_audit.probes import backdoor_reference as class_reference
-from teacher_audit.probes.backdoor_common import Clock, has_bn_prior, synthetic_samples
+from teacher_audit.probes.backdoor_common import Clock, excess_share, has_bn_prior, synthetic_samples
 from teacher_audit.probes.backdoor_inversion import (InversionConfig, InversionProbe, RobustInversionConfig,
                                                      RobustInversionProbe)
 from teacher_audit.probes.backdoor_margin import MarginConfig, MarginProbe
@@ -177,7 +177,7 @@ def pull_result(ntl: dict[str, Any] | None, traps: set[int]) -> ProbeResult | No
         kept[list(traps)] = -1.0
         c = int(kept.argmax())
         share = float(counts[c] / counts.sum())
-    score = (share - 1.0 / k) / (1.0 - 1.0 / k)
+    score = excess_share(share, k)
     return ProbeResult(probe="pull", threat="backdoor", score=float(score), target_class=c,
                        summary=f"synthesis pulls {100 * share:.0f}% of the NTL probe's synthetic samples into class {c}",
                        details={"share": share, "trap_classes": sorted(traps)})

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from teacher_audit.probes.backdoor_common import Clock, png_evidence
+from teacher_audit.probes.backdoor_common import Clock, excess_share, png_evidence
 from teacher_audit.probes.base import PROBES, Probe
 from teacher_audit.report.model import Budget, ProbeResult
 from teacher_audit.severity import Severity
@@ -55,11 +55,6 @@ class SinkConfig:
     threshold: float = 0.5
     limit_seconds: float | None = 60.0
     seed: int = 0
-
-
-def excess_share(share: float, k: int) -> float:
-    """``(share - 1/k) / (1 - 1/k)``: 0 for a uniform spread over ``k`` classes, 1 for all in one."""
-    return (share - 1.0 / k) / (1.0 - 1.0 / k)
 
 
 @PROBES.register("backdoor_sink", threat="backdoor", default=False, component_of="backdoor_fused")

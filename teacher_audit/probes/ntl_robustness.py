@@ -54,7 +54,7 @@ import numpy as np
 
 from teacher_audit.attacks.profile import Profile, ProfileConfig, profile_teacher
 from teacher_audit.attacks.split import robust_split
-from teacher_audit.probes.backdoor_common import Clock, has_bn_prior
+from teacher_audit.probes.backdoor_common import Clock, excess_share, has_bn_prior
 from teacher_audit.probes.backdoor_inversion import (ROBUST_GAP_THRESHOLD, RobustInversionConfig, invert_triggers,
                                                      mask_gap, trigger_evidence)
 from teacher_audit.probes.base import PROBES, Probe
@@ -188,7 +188,7 @@ def features(prof: Profile, tail_gap: float = 0.6, robust_floor: float = 8.0) ->
         "collapsed_tail_share": batch_median(tail & (pred == tail_top), mbatch) if tail.any() else 0.0,
         "collapsed_mode_share": batch_median(robust_main & (pred == mode_top), mbatch) if robust_main.any() else 0.0,
         "pull_class": pull_class, "pull_share": pull_share, "pull_share_pooled": float(all_counts.max() / n_all),
-        "pull_excess": float(max(0.0, (pull_share - 1.0 / k) / (1.0 - 1.0 / k))),
+        "pull_excess": float(max(0.0, excess_share(pull_share, k))),
         "n_pull_samples": n_all, "n_batches": int(np.unique(abatch).size),
         "class_counts": all_counts.tolist(),
     }
