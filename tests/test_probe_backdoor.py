@@ -101,6 +101,20 @@ def test_sink_probe_separates(pair):
     assert rb.evidence and rb.evidence[0].name == "sink_samples"
 
 
+def test_probe_batches_bound_memory_and_match_the_single_draw(pair):
+    from teacher_audit.synth.procedural import probe_batches, probe_images
+
+    spec = pair[0].spec
+    whole = list(probe_batches(spec, 100, seed=3))
+    assert len(whole) == 1 and torch.equal(whole[0], probe_images(spec, 100, seed=3))
+    per_picture = spec.channels * spec.height * spec.width
+    chunks = list(probe_batches(spec, 100, seed=3, max_floats=30 * per_picture))
+    assert [c.shape[0] for c in chunks] == [30, 30, 30, 10]
+    lo, hi = spec.value_range
+    assert all(float(c.min()) >= lo and float(c.max()) <= hi for c in chunks)
+    assert not torch.equal(chunks[0], chunks[1])  # each chunk has its own draw
+
+
 def test_sink_probe_skips_without_input_statistics(pair):
     import dataclasses
 

@@ -10,9 +10,10 @@ they assemble the evidence of a real class. A clean teacher also has a "default"
 no gradient: the statistic is a function of the teacher's outputs only, so it is identical on a teacher
 and on its BN-folded ONNX export.
 
-Measured on the project's zoo (docs/backdoor.md, "Procedural sink"): the share's class is the target of
-backdoored LeNet-5 teachers (no BatchNorm) for BadNets, Trojan, Blend and grid triggers, which the other
-components miss there.
+Measured (docs/backdoor.md, "Added in session 12"): the most absorbing class is the backdoor target for 18 of
+20 Fashion-MNIST backdoored teachers, BN-free LeNet-5 ones included; but clean teachers of other
+architectures have natural sinks as large as weak backdoors' (excess share up to 0.56), so the fused probe
+gives the score a wide sd and the user calibration compares each class with the same class of clean teachers.
 
 Threat assumption: all-to-one backdoor whose trigger is a local or global pattern that random pictures can
 partly contain; any architecture; no data; no BN prior; forward passes only.
@@ -21,7 +22,8 @@ The pictures take the teacher's input mean and sd (:func:`teacher_audit.synth.pr
 when intake does not know them the probe is skipped (status ``skipped``), never scored on pictures whose
 brightness is arbitrary: there a clean Fashion-MNIST teacher's natural sink takes most pictures.
 
-Options (``SinkConfig``): ``samples`` dead-leaves pictures (1024), ``batch`` forward batch (256),
+Options (``SinkConfig``): ``samples`` dead-leaves pictures (1024; drawn in chunks of at most 64 MB for large
+inputs), ``batch`` forward batch (256),
 ``threshold`` nominal own threshold on the excess share (0.5; the fused probe z-scores the score against
 clean teachers instead), ``limit_seconds``, ``seed``.
 
@@ -42,7 +44,7 @@ from teacher_audit.probes.backdoor_common import Clock, excess_share, png_eviden
 from teacher_audit.probes.base import PROBES, Probe
 from teacher_audit.report.model import Budget, ProbeResult
 from teacher_audit.severity import Severity
-from teacher_audit.synth.procedural import probe_images, spec_moments
+from teacher_audit.synth.procedural import probe_batches, spec_moments
 from teacher_audit.teacher import Teacher
 
 
@@ -77,12 +79,16 @@ class SinkProbe(Probe):
                                summary="not scored: the teacher's input mean/std are unknown (give a model card "
                                        "or --mean/--std)",
                                budget=Budget(seconds=clock.seconds, limit_seconds=cfg.limit_seconds))
-        x = probe_images(teacher.spec, cfg.samples, cfg.seed, teacher.device)
-        labels = []
+        labels: list[torch.Tensor] = []
+        first: torch.Tensor | None = None  # the first chunk's pictures, for the evidence
         with torch.no_grad():
-            for i in range(0, x.shape[0], cfg.batch):
-                labels.append(teacher.model(x[i:i + cfg.batch]).argmax(1).cpu())
-                clock.passes += labels[-1].numel()
+            for x in probe_batches(teacher.spec, cfg.samples, cfg.seed, teacher.device):
+                first = x if first is None else first
+                for i in range(0, x.shape[0], cfg.batch):
+                    labels.append(teacher.model(x[i:i + cfg.batch]).argmax(1).cpu())
+                    clock.passes += labels[-1].numel()
+                    if clock.out_of_time():
+                        break
                 if clock.out_of_time():
                     break
         lab = torch.cat(labels)
@@ -90,8 +96,9 @@ class SinkProbe(Probe):
         tgt = int(shares.argmax())
         score = excess_share(float(shares[tgt]), k)
         flagged = score > cfg.threshold
-        absorbed = x[:lab.numel()][lab == tgt][:16]
-        ev = png_evidence("sink_samples", f"dead-leaves pictures the teacher puts in class {tgt}", absorbed.cpu()) \
+        n_first = min(first.shape[0], lab.numel())
+        absorbed = first[:n_first][lab[:n_first].to(first.device) == tgt][:16].cpu()
+        ev = png_evidence("sink_samples", f"dead-leaves pictures the teacher puts in class {tgt}", absorbed) \
             if absorbed.shape[0] else None
         return ProbeResult(
             probe=self.name, threat="backdoor", score=score, threshold=cfg.threshold, flagged=flagged,

@@ -15,6 +15,8 @@ holds, and the sink probe does not score a teacher whose statistics are unknown 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from teacher_audit.intake.spec import InputSpec
@@ -84,3 +86,20 @@ def probe_images(spec: InputSpec, n: int, seed: int, device: torch.device | str 
         x = match_moments(x, *moments)
     lo, hi = (float(v) for v in spec.value_range)
     return (lo + (hi - lo) * x).to(device)
+
+
+#: most picture values drawn at once (64 MB of float32): larger inputs are drawn in chunks
+MAX_FLOATS = 1 << 24
+
+
+def probe_batches(spec: InputSpec, n: int, seed: int, device: torch.device | str = "cpu",
+                  max_floats: int = MAX_FLOATS) -> Iterator[torch.Tensor]:
+    """:func:`probe_images` in chunks of at most ``max_floats`` values, so memory stays bounded at any input
+    size. When all ``n`` pictures fit in one chunk it yields exactly ``probe_images(spec, n, seed)``; otherwise
+    chunk ``j`` is drawn with its own seed (``seed * 1_000_003 + j``)."""
+    per = max(1, max_floats // max(1, spec.channels * spec.height * spec.width))
+    if per >= n:
+        yield probe_images(spec, n, seed, device)
+        return
+    for j, start in enumerate(range(0, n, per)):
+        yield probe_images(spec, min(per, n - start), seed * 1_000_003 + j, device)
