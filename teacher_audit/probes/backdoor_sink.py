@@ -80,15 +80,14 @@ class SinkProbe(Probe):
                                        "or --mean/--std)",
                                budget=Budget(seconds=clock.seconds, limit_seconds=cfg.limit_seconds))
         labels: list[torch.Tensor] = []
-        first: torch.Tensor | None = None  # the first chunk's pictures, for the evidence
+        kept: list[torch.Tensor] = []  # the labelled pictures of the first forward batch, for the evidence
+        batches = (x[i:i + cfg.batch] for x in probe_batches(teacher.spec, cfg.samples, cfg.seed, teacher.device)
+                   for i in range(0, x.shape[0], cfg.batch))
         with torch.no_grad():
-            for x in probe_batches(teacher.spec, cfg.samples, cfg.seed, teacher.device):
-                first = x if first is None else first
-                for i in range(0, x.shape[0], cfg.batch):
-                    labels.append(teacher.model(x[i:i + cfg.batch]).argmax(1).cpu())
-                    clock.passes += labels[-1].numel()
-                    if clock.out_of_time():
-                        break
+            for xb in batches:
+                labels.append(teacher.model(xb).argmax(1).cpu())
+                clock.passes += labels[-1].numel()
+                kept = kept or [xb.cpu()]
                 if clock.out_of_time():
                     break
         lab = torch.cat(labels)
@@ -96,8 +95,7 @@ class SinkProbe(Probe):
         tgt = int(shares.argmax())
         score = excess_share(float(shares[tgt]), k)
         flagged = score > cfg.threshold
-        n_first = min(first.shape[0], lab.numel())
-        absorbed = first[:n_first][lab[:n_first].to(first.device) == tgt][:16].cpu()
+        absorbed = kept[0][labels[0] == tgt][:16]
         ev = png_evidence("sink_samples", f"dead-leaves pictures the teacher puts in class {tgt}", absorbed) \
             if absorbed.shape[0] else None
         return ProbeResult(
