@@ -126,6 +126,21 @@ def test_sink_probe_skips_without_input_statistics(pair):
     assert r.status == "skipped" and r.score is None and "mean/std" in r.summary
 
 
+def test_sink_probe_takes_the_statistics_an_onnx_graph_normalises_with(pair):
+    """Unknown mean/std but a normalisation read off the graph: the same pictures, the same score as with a card."""
+    import dataclasses
+
+    from teacher_audit.teacher import Teacher
+
+    bd, _ = pair
+    spec = dataclasses.replace(bd.spec, sources={**bd.spec.sources, "mean": "default", "std": "default"},
+                               graph_normalisation=(tuple(bd.spec.mean), tuple(bd.spec.std)))
+    r = SinkProbe(SinkConfig()).run(Teacher(model=bd.model, spec=spec, arch=bd.arch, fmt=bd.fmt))
+    ref = SinkProbe(SinkConfig()).run(bd)
+    assert r.status == ref.status == "ok"
+    assert r.score == pytest.approx(ref.score) and r.target_class == ref.target_class
+
+
 def test_fused_probe_flags_backdoor_not_clean(pair):
     bd, clean = pair
     cfg = FusedConfig(margin=MarginConfig(starts=4, steps=40, limit_seconds=None),

@@ -70,6 +70,7 @@ class _Loaded:
     onnx_spec: dict[str, Any] | None = None
     arch_default: InputSpec | None = None
     has_batchnorm: bool | None = None
+    graph_normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 LOADERS: Registry[Any] = Registry("format loader")
@@ -239,7 +240,7 @@ def _load_onnx(path: Path, opts: LoadOptions, card: dict[str, Any] | None, intak
     if opts.arch:
         intake.notes.append(f"--arch {opts.arch} ignored: ONNX files carry their own graph")
     return _Loaded(net=ot.net, arch="onnx", arch_source="onnx", onnx_spec=dict(ot.spec),
-                   has_batchnorm=bool(ot.has_batchnorm))
+                   has_batchnorm=bool(ot.has_batchnorm), graph_normalisation=ot.input_normalisation)
 
 
 @LOADERS.register(Format.TORCHSCRIPT.value)
@@ -295,6 +296,11 @@ def _load(p: Path, opts: LoadOptions, intake: IntakeResult) -> Teacher:
     net = loaded.net.eval()
     spec = resolve_spec(card=card, onnx_spec=loaded.onnx_spec, arch_default=loaded.arch_default,
                         flags=dict(opts.spec_flags))
+    if loaded.graph_normalisation is not None:
+        spec.graph_normalisation = loaded.graph_normalisation
+        mean, std = (", ".join(f"{v:.4g}" for v in vec) for vec in loaded.graph_normalisation)
+        intake.notes.append(f"the ONNX graph normalises its input itself (mean {mean}; std {std}); "
+                            "used as the input statistics of the procedural pictures when no card gives them")
     _check_forward(net, spec)
     intake.architecture, intake.architecture_source = loaded.arch, loaded.arch_source
     intake.parameter_count = int(sum(t.numel() for t in net.parameters()))

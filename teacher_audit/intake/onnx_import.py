@@ -36,6 +36,7 @@ from torch import nn
 
 from teacher_audit.errors import CorruptInput, NotAuditable
 from teacher_audit.intake.onnx_graph import BatchChunked, ChannelsLast, OnnxModule
+from teacher_audit.intake.onnx_norm import graph_input_normalisation
 
 MAX_BATCH = 256
 MAX_INPUT_ELEMENTS = 3 * 1024 * 1024
@@ -64,6 +65,8 @@ class OnnxTeacher:
         parity_samples: number of random inputs compared.
         input_layout: the graph's own input layout; for ``"nhwc"`` (channels-last, e.g. TensorFlow exports)
             ``net`` is wrapped in :class:`ChannelsLast`, so it still takes NCHW like every other teacher.
+        input_normalisation: per-channel ``(mean, std)`` the graph's first nodes apply to its input
+            (:mod:`teacher_audit.intake.onnx_norm`), or None; read only, ``net`` still contains them.
     """
 
     net: nn.Module
@@ -77,6 +80,7 @@ class OnnxTeacher:
     external_data: list[str] = field(default_factory=list)
     parity_samples: int = 0
     input_layout: str = "nchw"
+    input_normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 # ----------------------------------------------------------------------------- external data
@@ -282,4 +286,5 @@ def load_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, int, int]
     return OnnxTeacher(net=module, spec=spec, parity_max_abs_diff=diff, has_batchnorm=len(net.bn) > 0,
                        opset=net.opset, ops=dict(net.ops), static_batch=static_batch, batch_chunked=chunked,
                        input_layout=layout,
+                       input_normalisation=graph_input_normalisation(model, net.input_name, c, layout),
                        external_data=locations, parity_samples=parity_trials * shape[0])

@@ -22,6 +22,9 @@ class InputSpec:
         num_classes: number of output logits.
         class_names: optional names, ``len == num_classes``.
         sources: field name -> where it came from ("card", "onnx", "registry", "flag", "weights").
+        graph_normalisation: per-channel ``(mean, std)`` an ONNX graph applies to its raw input itself
+            (read off its first nodes, :mod:`teacher_audit.intake.onnx_norm`), or None. Not applied again by
+            the wrapper (that is ``mean``/``std``); it tells the raw pictures' statistics when no card does.
     """
 
     channels: int = 3
@@ -33,6 +36,7 @@ class InputSpec:
     num_classes: int = 10
     class_names: list[str] | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    graph_normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -43,4 +47,9 @@ class InputSpec:
         d["value_range"] = list(self.value_range)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        if self.graph_normalisation is None:
+            d.pop("graph_normalisation")
+        else:
+            d["graph_normalisation"] = {"mean": list(self.graph_normalisation[0]),
+                                        "std": list(self.graph_normalisation[1])}
         return d

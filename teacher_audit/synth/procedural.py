@@ -9,6 +9,7 @@ backdoor probes use such pictures as inputs that carry no class evidence: they n
 Each picture's per-channel mean and standard deviation are moved to the teacher's own input statistics
 (``InputSpec.mean`` / ``std``, when intake knows them from a card, a flag or the architecture registry): a
 Fashion-MNIST teacher sees dark pictures with bright shapes, an ImageNet one mid-grey colour pictures.
+An ONNX graph that normalises its own input tells them too (:mod:`teacher_audit.intake.onnx_norm`).
 Unknown statistics (intake's defaults) leave the pictures as drawn; :func:`spec_moments` says which case
 holds, and the sink probe does not score a teacher whose statistics are unknown (docs/backdoor.md).
 """
@@ -63,14 +64,21 @@ def _unknown(source: str | None, values: tuple[float, ...], default: float) -> b
 
 def spec_moments(spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The teacher's input mean and sd on the unit scale of its value range, or None when intake does not
-    know them (defaults) or they are not those of pictures in the range."""
+    know them (defaults) or they are not those of pictures in the range.
+
+    Known means: set by a card, a flag or the registry; or, when those leave them at the defaults, the
+    normalisation an ONNX graph applies to its own input (``spec.graph_normalisation``)."""
     if _unknown(spec.sources.get("mean"), spec.mean, 0.0) or _unknown(spec.sources.get("std"), spec.std, 1.0):
-        return None
+        if spec.graph_normalisation is None:
+            return None
+        mean_v, std_v = spec.graph_normalisation
+    else:
+        mean_v, std_v = spec.mean, spec.std
     lo, hi = (float(v) for v in spec.value_range)
-    if hi <= lo or len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
+    if hi <= lo or len(mean_v) != spec.channels or len(std_v) != spec.channels:
         return None
-    mean = (torch.tensor(spec.mean, dtype=torch.float32) - lo) / (hi - lo)
-    std = torch.tensor(spec.std, dtype=torch.float32) / (hi - lo)
+    mean = (torch.tensor(mean_v, dtype=torch.float32) - lo) / (hi - lo)
+    std = torch.tensor(std_v, dtype=torch.float32) / (hi - lo)
     if not (bool(((mean > 0) & (mean < 1)).all()) and bool(((std > 0) & (std <= 0.5)).all())):
         return None
     return mean, std
