@@ -81,3 +81,22 @@ def test_intake_uses_the_graph_normalisation_only_when_no_card_gives_statistics(
     assert spec_moments(flagged)[0].tolist() == pytest.approx([0.5] * 3)
     # without the graph's normalisation the statistics stay unknown
     assert spec_moments(dataclasses.replace(spec, graph_normalisation=None)) is None
+
+
+def test_eight_bit_constants_give_the_value_range(tmp_path: Path) -> None:
+    """ImageNet-style constants on the 0-255 scale: the graph takes pixel values, so the raw range is [0, 255]."""
+    net = Net("sub_div")
+    net.m.copy_(torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1))
+    net.s.copy_(torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1))
+    path = tmp_path / "imagenet.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), torch.rand(1, 3, 8, 8) * 255, str(path), dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+    teacher, _ = load_teacher(str(path), LoadOptions(device="cpu"))
+    assert teacher.spec.value_range == (0.0, 255.0) and teacher.spec.sources["value_range"] == "onnx"
+    moments = spec_moments(teacher.spec)
+    assert moments is not None and moments[0].tolist() == pytest.approx([0.485, 0.456, 0.406], abs=1e-3)
+    # a [0, 1]-scale normalisation leaves the default range
+    plain, _ = load_teacher(str(_export("sub_div", tmp_path / "plain.onnx")), LoadOptions(device="cpu"))
+    assert plain.spec.value_range == (0.0, 1.0) and plain.spec.sources["value_range"] == "default"

@@ -36,7 +36,7 @@ from torch import nn
 
 from teacher_audit.errors import CorruptInput, NotAuditable
 from teacher_audit.intake.onnx_graph import BatchChunked, ChannelsLast, OnnxModule
-from teacher_audit.intake.onnx_norm import graph_input_normalisation
+from teacher_audit.intake.onnx_norm import graph_input_normalisation, implied_value_range
 
 MAX_BATCH = 256
 MAX_INPUT_ELEMENTS = 3 * 1024 * 1024
@@ -54,7 +54,8 @@ class OnnxTeacher:
         net: torch module taking a normalised NCHW float tensor, returning logits (whatever the graph's
             own layout).
         spec: input-spec fields read off the graph (``channels``, ``height``, ``width``, ``num_classes``;
-            dynamic dimensions are left out), ready for ``card.resolve_spec(onnx_spec=...)``.
+            dynamic dimensions are left out; ``value_range`` [0, 255] when the graph's own normalisation is on
+            the 8-bit scale), ready for ``card.resolve_spec(onnx_spec=...)``.
         parity_max_abs_diff: max |torch - onnxruntime| over the parity inputs.
         has_batchnorm: the graph kept BatchNormalization nodes (BN prior available).
         opset: default-domain opset version.
@@ -70,7 +71,7 @@ class OnnxTeacher:
     """
 
     net: nn.Module
-    spec: dict[str, int]
+    spec: dict[str, Any]
     parity_max_abs_diff: float
     has_batchnorm: bool
     opset: int = 0
@@ -283,8 +284,10 @@ def load_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, int, int]
             raise NotAuditable(f"ONNX graph cannot be interpreted: {_why(exc)}") from None
         if logits.dim() == 2:
             spec["num_classes"] = int(logits.shape[1])
-    return OnnxTeacher(net=module, spec=spec, parity_max_abs_diff=diff, has_batchnorm=len(net.bn) > 0,
+    norm = graph_input_normalisation(model, net.input_name, c, layout)
+    vr = implied_value_range(norm)
+    out_spec: dict[str, Any] = dict(spec, value_range=list(vr)) if vr is not None else dict(spec)
+    return OnnxTeacher(net=module, spec=out_spec, parity_max_abs_diff=diff, has_batchnorm=len(net.bn) > 0,
                        opset=net.opset, ops=dict(net.ops), static_batch=static_batch, batch_chunked=chunked,
-                       input_layout=layout,
-                       input_normalisation=graph_input_normalisation(model, net.input_name, c, layout),
+                       input_layout=layout, input_normalisation=norm,
                        external_data=locations, parity_samples=parity_trials * shape[0])

@@ -14,7 +14,8 @@ initializer or a ``Constant`` node) as the other, holding one value or one value
 every link used by that chain alone (constants computed in the graph from constants, such as
 ``Reciprocal(std)``, count as constants). The chain composes to ``y = a * x + b`` per channel; with ``a > 0``
 that is ``(x - mean) / std`` with ``std = 1 / a`` and ``mean = -b / a``. Anything else -- a normalisation
-folded into the first convolution, a data-dependent operand, a branch -- gives ``None``.
+folded into the first convolution, a data-dependent operand, a branch -- gives ``None``. Constants on the
+8-bit scale (means of about 100) say the graph takes pixel values in [0, 255] (:func:`implied_value_range`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ import numpy as np
 
 #: nodes followed from the input at most (a normalisation is two to four of them)
 MAX_CHAIN = 6
+
+
+def implied_value_range(norm: tuple[tuple[float, ...], tuple[float, ...]] | None) -> tuple[float, float] | None:
+    """``(0, 255)`` when the graph's normalisation constants are those of 8-bit pixel values (every mean in
+    [1, 255], every sd in [1, 128], e.g. ImageNet's 123.7 / 58.4), else None (the [0, 1] default stands)."""
+    if norm is None:
+        return None
+    mean, std = norm
+    if all(1.0 <= m <= 255.0 for m in mean) and all(1.0 <= s <= 128.0 for s in std):
+        return (0.0, 255.0)
+    return None
 
 
 #: elementwise operators evaluated on constants (an exporter without constant folding leaves e.g.
