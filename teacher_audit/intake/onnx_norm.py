@@ -26,6 +26,8 @@ import numpy as np
 
 #: nodes followed from the input at most (a normalisation is two to four of them)
 MAX_CHAIN = 6
+#: largest constant read (a normalisation holds one value per channel; weights are skipped)
+MAX_CONSTANT = 4096
 
 
 def implied_value_range(norm: tuple[tuple[float, ...], tuple[float, ...]] | None) -> tuple[float, float] | None:
@@ -46,12 +48,14 @@ _FOLD: dict[str, Any] = {"Reciprocal": np.reciprocal, "Neg": np.negative, "Sqrt"
 
 
 def _constants(graph: Any) -> dict[str, np.ndarray]:
-    """Initializers, ``Constant`` node outputs and elementwise results of constants only, by name, as float64
-    arrays (small ones: a normalisation holds one value per channel)."""
+    """Small initializers, ``Constant`` node outputs and elementwise results of those, by name, as float64
+    arrays (at most :data:`MAX_CONSTANT` values each: a normalisation holds one value per channel)."""
     from onnx import numpy_helper
 
     out: dict[str, np.ndarray] = {}
     for t in graph.initializer:
+        if int(np.prod(t.dims)) > MAX_CONSTANT:  # weights: never a normalisation, not worth a float64 copy
+            continue
         try:
             out[t.name] = numpy_helper.to_array(t).astype(np.float64)
         except (ValueError, TypeError):
@@ -59,18 +63,20 @@ def _constants(graph: Any) -> dict[str, np.ndarray]:
     for node in graph.node:
         if node.op_type == "Constant" and node.output:
             for attr in node.attribute:
-                if attr.name == "value":
+                if attr.name == "value" and int(np.prod(attr.t.dims)) <= MAX_CONSTANT:
                     try:
                         out[node.output[0]] = numpy_helper.to_array(attr.t).astype(np.float64)
                     except (ValueError, TypeError):
                         pass
         elif (node.op_type in _FOLD and len(node.output) == 1 and node.input
-              and all(i in out and out[i].size <= 4096 for i in node.input)):
-            with np.errstate(all="ignore"):
-                try:
+              and all(i in out for i in node.input)):
+            try:
+                if int(np.prod(np.broadcast_shapes(*(out[i].shape for i in node.input)))) > MAX_CONSTANT:
+                    continue
+                with np.errstate(all="ignore"):
                     out[node.output[0]] = np.asarray(_FOLD[node.op_type](*(out[i] for i in node.input)))
-                except (ValueError, TypeError):
-                    pass
+            except (ValueError, TypeError):
+                pass
     return out
 
 
