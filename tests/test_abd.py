@@ -193,7 +193,30 @@ def test_class_triggers_find_the_backdoor_target_smaller_than_on_the_clean_twin(
     assert nb[target] <= sorted(nb.tolist())[len(nb) // 2]
 
 
-@pytest.mark.parametrize("name", ["additive", "mask", "nc"])
+def test_sweep_trigger_finds_a_patch_backdoor_without_gradients():
+    """The procedural patch sweep names the tiny BadNets teacher's target, and sends more pictures there than
+    the clean twin's best patch does into any class; a second search costs nothing."""
+    from teacher_audit.defenses.sr_triggers import SweepTrigger
+    from teacher_audit.synth.procedural import spec_moments
+    from teacher_audit.zoo.tiny import train_tiny
+
+    target = 3
+    bd, clean = train_tiny("backdoor", trigger={"name": "badnets_square", "size": 6}, target=target, steps=200,
+                           poison_ratio=0.3, return_clean=True)
+    found = []
+    for teacher in (bd, clean):
+        lo, hi = (float(v) for v in teacher.spec.value_range)
+        trig = SweepTrigger(teacher.spec.shape, lo, hi, 0, moments=spec_moments(teacher.spec))
+        x = torch.rand(4, *teacher.spec.shape)
+        assert trig.search(teacher.model, x, 1, 0.1) == 128 * 73
+        assert trig.search(teacher.model, x, 1, 0.1) == 0
+        mask, _ = trig.parts(trig.theta)
+        assert set(torch.unique(mask.round()).tolist()) == {0.0, 1.0}
+        found.append((trig.found_class, trig.last_flip))
+    assert found[0][0] == target and found[0][1] > found[1][1]
+
+
+@pytest.mark.parametrize("name", ["additive", "mask", "nc", "sweep"])
 def test_trigger_search_moves_only_the_trigger(name):
     from teacher_audit.defenses.sr_triggers import SR_TRIGGERS
     from teacher_audit.synth.tiny import TinyCNN

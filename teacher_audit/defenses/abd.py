@@ -21,7 +21,10 @@ generator drifts towards trigger-like features. Nothing here needs data.
    pattern per class, the ``targets`` classes with the smallest masks are stamped; the mask is widened
    — ``mask_gain``, max-pool ``dilate`` — and with ``fill="mixed"`` every second sample gets random
    black/white content in the region, because the smallest flipping mask on synthetic samples is only
-   part of the real trigger). Then the student is updated with
+   part of the real trigger) or ``"sweep"`` (a hard patch picked without gradients from a fixed set of
+   candidates: the one sending most dead-leaves pictures at the teacher's mean/sd into one class; found
+   once, its passes counted; an option measured on patch backdoors, docs/backdoor.md). Then the student is
+   updated with
    ``mode="plain"`` (default): KD + ``plain_weight`` * KL(ref || S(x')) on stamped samples x', where
    ref is the teacher on the clean sample (``anchor="teacher"``, default) or the student
    (``anchor="student"``, the paper's plain variant; an additive delta is then clipped to an L2 ball of
@@ -46,11 +49,13 @@ import torch
 from torch import nn
 
 from teacher_audit.defenses.base import DEFENSES
-from teacher_audit.defenses.sr_triggers import SR_TRIGGERS, AdditiveTrigger, ClassTriggers, MaskTrigger, SRTrigger, kl_rows
+from teacher_audit.defenses.sr_triggers import (SR_TRIGGERS, AdditiveTrigger, ClassTriggers, MaskTrigger, SRTrigger,
+                                                 kl_rows)
 from teacher_audit.errors import UsageError
 from teacher_audit.modes import EvalMode
 from teacher_audit.probes.shuffle import Suspect, suspect_ensemble
 from teacher_audit.synth.hooks import BatchContext, Hook
+from teacher_audit.synth.procedural import spec_moments
 
 
 @dataclass
@@ -257,9 +262,11 @@ class SelfRetrospection(Hook):
         budget = getattr(getattr(eng, "config", None), "budget_passes", None)
         return not budget or eng.passes >= self.cfg.sr_start * budget
 
-    def _make_trigger(self, x: torch.Tensor, lo: float, hi: float) -> SRTrigger:
+    def _make_trigger(self, x: torch.Tensor, lo: float, hi: float, spec: Any = None) -> SRTrigger:
         cfg = self.cfg
-        extra = {"num_classes": self.num_classes} if cfg.trigger == "nc" else {}
+        extra: dict[str, Any] = {"num_classes": self.num_classes} if cfg.trigger == "nc" else {}
+        if cfg.trigger == "sweep":
+            extra = {"moments": None if spec is None else spec_moments(spec), "seed": cfg.seed}
         trig = SR_TRIGGERS.get(cfg.trigger)(tuple(x.shape[1:]), lo, hi, cfg.seed, mask_init=cfg.mask_init,
                                             lam=cfg.mask_lam, flip_goal=cfg.flip_goal, targets=cfg.targets,
                                             per_target=cfg.per_target, max_mask=cfg.max_mask,
@@ -279,9 +286,9 @@ class SelfRetrospection(Hook):
         x, t = ctx.x.detach(), ctx.t_logits.detach()
         xs = x[: cfg.delta_samples]
         if self.trigger is None:
-            self.trigger = self._make_trigger(x, lo, hi)
+            self.trigger = self._make_trigger(x, lo, hi, eng.spec)
         if cfg.search_model == "both" and self.s_trigger is None:
-            self.s_trigger = self._make_trigger(x, lo, hi)
+            self.s_trigger = self._make_trigger(x, lo, hi, eng.spec)
             if self._pending_s is not None:
                 self.s_trigger.load_state_dict(self._pending_s)
                 self._pending_s = None

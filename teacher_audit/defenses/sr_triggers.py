@@ -13,6 +13,8 @@ parametrised decides which backdoors it can express:
   settles on the *smallest* region that overrides the input — which, for an all-to-one backdoor, is
   the trigger (patches, grids, Trojan patterns; faint full-image blends need a large, low-valued mask).
   Target-agnostic: no class is assumed.
+- ``sweep``: a hard patch from a fixed set of candidates (patterns, sizes, positions), the one that sends
+  most dead-leaves pictures into one class -- no gradients, found once (session 13, docs/backdoor.md).
 
 Every trigger is a :class:`SRTrigger` in the :data:`SR_TRIGGERS` registry with one packed parameter
 tensor ``theta`` (so the hypergradient code can treat it as one variable), :meth:`apply` and
@@ -159,6 +161,55 @@ class MaskTrigger(SRTrigger):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.lam = float(state.get("lam", self.lam))
+
+
+@SR_TRIGGERS.register("sweep", summary="the patch (of a fixed set) that sends most procedural pictures to one class")
+class SweepTrigger(MaskTrigger):
+    """A patch trigger found without gradients: stamp each candidate of
+    :func:`teacher_audit.synth.procedural.patch_stamps` (4 patterns x 2 sizes x 9 positions) on ``pictures``
+    dead-leaves pictures at the teacher's input mean/sd (option ``moments``; without it, on the synthetic batch
+    the search is given) and keep the (patch, class) pair with the largest flip rate into that class. A
+    backdoored teacher's patch trigger is answered by a similar patch in or near its place (measured in
+    docs/backdoor.md, session 13). Found once, on the first search; later searches cost nothing. The mask is
+    hard (logits +-10), so ``apply`` stamps the patch exactly. Options: ``moments``, ``pictures`` (128),
+    ``seed``. After the search: ``found`` (name), ``found_class``, ``last_flip``."""
+
+    def init(self, gen: torch.Generator) -> torch.Tensor:
+        self.found: str | None = None
+        self.found_class: int | None = None
+        self.last_flip = 0.0
+        return super().init(gen)
+
+    def search(self, model: Model, x: torch.Tensor, steps: int, lr: float) -> int:
+        if self.found is not None:
+            return 0
+        from teacher_audit.synth.procedural import dead_leaves, match_moments, patch_stamps
+
+        span = self.hi - self.lo
+        moments = self.options.get("moments")
+        if moments is not None:
+            g = torch.Generator().manual_seed(int(self.options.get("seed", 0)) + 7)
+            u = match_moments(dead_leaves(int(self.options.get("pictures", 128)), self.shape, g), *moments)
+        else:
+            u = ((x.detach().cpu() - self.lo) / span).clamp(0.0, 1.0)
+        u = u.to(x.device)
+        with torch.no_grad():
+            base = model(self.lo + span * u).argmax(1)
+            best = (-1.0, "", 0, None, None)
+            candidates = patch_stamps(self.shape)
+            for name, m, p in candidates:
+                m, p = m.to(x.device), p.to(x.device)
+                lab = model(self.lo + span * ((1 - m) * u + m * p)).argmax(1)
+                for c in torch.unique(lab).tolist():
+                    others = base != c
+                    rate = float((lab[others] == c).float().mean()) if bool(others.any()) else 0.0
+                    if rate > best[0]:
+                        best = (rate, name, int(c), m, p)
+        rate, name, c, m, p = best
+        logit_p = torch.logit(p.clamp(1e-3, 1 - 1e-3))
+        self.theta = torch.cat([torch.where(m > 0.5, 10.0, -10.0), logit_p], 1).to(x.device)
+        self.found, self.found_class, self.last_flip = name, c, rate
+        return int(u.shape[0]) * (1 + len(candidates))
 
 
 @SR_TRIGGERS.register("nc", summary="one Neural-Cleanse mask + pattern per target class; students see them all")

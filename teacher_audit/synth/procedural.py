@@ -111,3 +111,28 @@ def probe_batches(spec: InputSpec, n: int, seed: int, device: torch.device | str
         return
     for j, start in enumerate(range(0, n, per)):
         yield probe_images(spec, min(per, n - start), seed * 1_000_003 + j, device)
+
+
+def patch_stamps(shape: tuple[int, int, int], seed: int = 0,
+                 sizes: tuple[float, ...] = (0.11, 0.18)) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Candidate patch triggers for a ``shape`` (C, H, W) input: white, black, checkerboard and a random binary
+    pattern, at ``sizes`` (fractions of the shorter side), on a 3 x 3 grid of positions (corners, edge centres,
+    centre; 1-pixel margin). Each is ``(name, mask (1, 1, H, W) in {0, 1}, pattern (1, C, H, W) in [0, 1])``."""
+    c, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    out: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    for frac in sizes:
+        p = max(2, round(frac * min(h, w)))
+        grid = (torch.arange(p)[:, None] + torch.arange(p)[None]) % 2
+        pats = {"white": torch.ones(p, p), "black": torch.zeros(p, p), "checker": grid.float(),
+                "random": (torch.rand(p, p, generator=g) < 0.5).float()}
+        rows, cols = (1, (h - p) // 2, h - p - 1), (1, (w - p) // 2, w - p - 1)
+        for name, pat in pats.items():
+            for i, y0 in enumerate(rows):
+                for j, x0 in enumerate(cols):
+                    m = torch.zeros(1, 1, h, w)
+                    m[..., y0:y0 + p, x0:x0 + p] = 1.0
+                    full = torch.zeros(1, c, h, w)
+                    full[..., y0:y0 + p, x0:x0 + p] = pat
+                    out.append((f"{name}{p}@{i}{j}", m, full))
+    return out
