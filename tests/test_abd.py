@@ -123,7 +123,7 @@ def _tiny_engine():
 def test_abd_hooks_run_on_the_engine():
     teacher, engine = _tiny_engine()
     for mode, trigger in (("hyper", "additive"), ("plain", "additive"), ("hyper", "nc"), ("plain", "nc"),
-                          ("plain", "mask"), ("plain", "both")):
+                          ("plain", "mask"), ("plain", "both"), ("plain", "sweep")):
         hooks = DEFENSES.get("abd")(teacher, engine, mode=mode, check_batches=2, sr_start=0.0, delta_samples=8,
                                     warmup=0, search_every=2,
                                     trigger="nc" if trigger == "both" else trigger,

@@ -266,7 +266,7 @@ class SelfRetrospection(Hook):
         cfg = self.cfg
         extra: dict[str, Any] = {"num_classes": self.num_classes} if cfg.trigger == "nc" else {}
         if cfg.trigger == "sweep":
-            extra = {"moments": None if spec is None else spec_moments(spec), "seed": cfg.seed}
+            extra = {"moments": None if spec is None else spec_moments(spec)}
         trig = SR_TRIGGERS.get(cfg.trigger)(tuple(x.shape[1:]), lo, hi, cfg.seed, mask_init=cfg.mask_init,
                                             lam=cfg.mask_lam, flip_goal=cfg.flip_goal, targets=cfg.targets,
                                             per_target=cfg.per_target, max_mask=cfg.max_mask,

@@ -52,7 +52,7 @@ class SRTrigger:
     """A synthesised trigger: packed parameters ``theta`` of shape ``(1, *param_shape)``."""
 
     def __init__(self, shape: tuple[int, int, int], lo: float, hi: float, seed: int, **options: Any):
-        self.shape, self.lo, self.hi = shape, lo, hi
+        self.shape, self.lo, self.hi, self.seed = shape, lo, hi, seed
         self.options = options
         self.theta = self.init(torch.Generator().manual_seed(seed))
 
@@ -171,8 +171,8 @@ class SweepTrigger(MaskTrigger):
     the search is given) and keep the (patch, class) pair with the largest flip rate into that class. A
     backdoored teacher's patch trigger is answered by a similar patch in or near its place (measured in
     docs/backdoor.md, session 13). Found once, on the first search; later searches cost nothing. The mask is
-    hard (logits +-10), so ``apply`` stamps the patch exactly. Options: ``moments``, ``pictures`` (128),
-    ``seed``. After the search: ``found`` (name), ``found_class``, ``last_flip``."""
+    hard (logits +-10), so ``apply`` stamps the patch exactly. Options: ``moments``, ``pictures`` (128); the
+    pictures are drawn from the trigger's seed. After the search: ``found`` (name), ``found_class``, ``last_flip``."""
 
     def init(self, gen: torch.Generator) -> torch.Tensor:
         self.found: str | None = None
@@ -188,7 +188,7 @@ class SweepTrigger(MaskTrigger):
         span = self.hi - self.lo
         moments = self.options.get("moments")
         if moments is not None:
-            g = torch.Generator().manual_seed(int(self.options.get("seed", 0)) + 7)
+            g = torch.Generator().manual_seed(self.seed + 7)
             u = match_moments(dead_leaves(int(self.options.get("pictures", 128)), self.shape, g), *moments)
         else:
             u = ((x.detach().cpu() - self.lo) / span).clamp(0.0, 1.0)
