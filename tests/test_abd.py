@@ -131,7 +131,8 @@ def test_abd_hooks_run_on_the_engine():
                                     anchor="teacher" if trigger in ("nc", "both") else "student")
         sv, sr = hooks
         assert isinstance(sv, ShufflingVaccine) and isinstance(sr, SelfRetrospection)
-        engine.run(budget_passes=engine.passes + 300, hooks=hooks, progress=False)
+        search = 128 * 73 if trigger == "sweep" else 0  # the sweep's one-off search: 73 stamps x 128 pictures
+        engine.run(budget_passes=engine.passes + 300 + search, hooks=hooks, progress=False)
         assert sv.decided and len(sv.tail_ratios) >= 1 and sv.note
         assert sr.steps >= 2 and sr.delta is not None and sr.delta.abs().sum() > 0
     assert ABDConfig().coef == 0.1
