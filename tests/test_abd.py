@@ -135,6 +135,7 @@ def test_abd_hooks_run_on_the_engine():
         engine.run(budget_passes=engine.passes + 300 + search, hooks=hooks, progress=False)
         assert sv.decided and len(sv.tail_ratios) >= 1 and sv.note
         assert sr.steps >= 2 and sr.delta is not None and sr.delta.abs().sum() > 0
+        assert trigger != "sweep" or "sends" in sr.note
     assert ABDConfig().coef == 0.1
     paper = DEFENSES.get("abd")(teacher, engine, variant="paper", delta_steps=2)[1].cfg
     assert (paper.mode, paper.trigger, paper.sr_start, paper.delta_steps) == ("hyper", "additive", 0.8, 2)

@@ -50,7 +50,7 @@ from torch import nn
 
 from teacher_audit.defenses.base import DEFENSES
 from teacher_audit.defenses.sr_triggers import (SR_TRIGGERS, AdditiveTrigger, ClassTriggers, MaskTrigger, SRTrigger,
-                                                 kl_rows)
+                                                 SweepTrigger, kl_rows)
 from teacher_audit.errors import UsageError
 from teacher_audit.modes import EvalMode
 from teacher_audit.probes.shuffle import Suspect, suspect_ensemble
@@ -247,7 +247,10 @@ class SelfRetrospection(Hook):
     def note(self) -> str:
         if self.trigger is None:
             return "self-retrospection not started"
-        extra = f", mask {100 * self.trigger.mask_share():.1f}% of the image" if isinstance(self.trigger, MaskTrigger) else ""
+        trig = self.trigger
+        extra = f", mask {100 * trig.mask_share():.1f}% of the image" if isinstance(trig, MaskTrigger) else ""
+        if isinstance(trig, SweepTrigger) and trig.found is not None:
+            extra += f" (patch {trig.found} sends {100 * trig.last_flip:.0f}% of the pictures to class {trig.found_class})"
         return f"self-retrospection: {self.steps} steps, {self.cfg.mode}, {self.cfg.trigger} trigger{extra}"
 
     def _started(self, ctx: BatchContext) -> bool:
