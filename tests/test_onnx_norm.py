@@ -42,12 +42,15 @@ class Net(torch.nn.Module):
         return self.body(x)
 
 
-def _export(pre: str, path: Path) -> Path:
+def _export(pre: str | Net, path: Path, scale: float = 1.0) -> Path:
+    """``Net(pre)`` (or the given net) exported with a dynamic batch; example inputs in [0, ``scale``]."""
+    net = Net(pre) if isinstance(pre, str) else pre
+    side = 3 if net.pre == "rows" else 8
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        side = 3 if pre == "rows" else 8
-        torch.onnx.export(Net(pre).eval(), torch.rand(1, 3, side, side), str(path), dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+        torch.onnx.export(net.eval(), torch.rand(1, 3, side, side) * scale, str(path), dynamo=False,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
     return path
 
 
@@ -88,11 +91,7 @@ def test_eight_bit_constants_give_the_value_range(tmp_path: Path) -> None:
     net = Net("sub_div")
     net.m.copy_(torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1))
     net.s.copy_(torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1))
-    path = tmp_path / "imagenet.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), torch.rand(1, 3, 8, 8) * 255, str(path), dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+    path = _export(net, tmp_path / "imagenet.onnx", scale=255.0)
     teacher, _ = load_teacher(str(path), LoadOptions(device="cpu"))
     assert teacher.spec.value_range == (0.0, 255.0) and teacher.spec.sources["value_range"] == "onnx"
     moments = spec_moments(teacher.spec)
