@@ -162,6 +162,12 @@ def class_balanced_weights(t_logits: torch.Tensor) -> torch.Tensor:
     return w * (w.numel() / w.sum())
 
 
+#: ``every``: every new image of every student batch is attacked (the paper); ``adaptive``: after
+#: ``warmup_steps`` student steps without a trap, only a random ``monitor_share`` of the new images is
+#: attacked, to watch for a trap, and the student is trained by plain KD until one shows up
+ATTACK_SCHEDULES = ("every", "adaptive")
+
+
 @dataclass
 class ATEscConfig:
     """ATEsc options (see module docstring)."""
@@ -190,6 +196,10 @@ class ATEscConfig:
     replay_forget: str | None = None
     replay_gate: str = "agreeing"
     forget_gate: str = "all"
+    attack: str = "every"
+    warmup_steps: int = 20
+    monitor_share: float = 0.125
+    monitor_pool: int = 512
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -207,6 +217,10 @@ class ATEscConfig:
             raise UsageError(f"atesc: kd_weight must be 'uniform' or 'balanced', got {self.kd_weight!r}")
         if self.trap_memory < 0 or self.trap_replay < 0 or self.replay_weight < 0:
             raise UsageError("atesc: trap_memory, trap_replay and replay_weight must be >= 0")
+        if self.attack not in ATTACK_SCHEDULES:
+            raise UsageError(f"atesc: attack must be one of {', '.join(ATTACK_SCHEDULES)}, got {self.attack!r}")
+        if not 0 < self.monitor_share <= 1 or self.warmup_steps < 0 or self.monitor_pool < 16:
+            raise UsageError("atesc: 0 < monitor_share <= 1, warmup_steps >= 0 and monitor_pool >= 16 are required")
         if self.eps <= 0 or self.pgd_steps < 1 or self.lam < 0:
             raise UsageError("atesc: eps > 0, pgd_steps >= 1 and lam >= 0 are required")
 
@@ -227,6 +241,13 @@ class ATEscHook(Hook):
         self._cache: dict[bytes, float] = {}
         self.mem_x: torch.Tensor | None = None  # robust samples kept for replay (trap_memory)
         self.mem_t: torch.Tensor | None = None  # the teacher's logits on them
+        # attack="adaptive": "full" (every new image attacked) or "monitor" (a random share of them)
+        self.mode = "full"
+        self.ever_trapped = False  # a trap was seen at some student step (full mode is then kept)
+        self.monitor_steps = 0  # student steps trained by plain KD in monitor mode
+        self.switched_at: int | None = None  # student step at which monitoring saw a trap
+        self._pool: list[float] = []  # scores of the monitored images (the newest monitor_pool)
+        self._passed: set[bytes] = set()  # new images monitor mode chose not to attack
 
     def _keys(self, x: torch.Tensor) -> list[bytes]:
         """One key per image: a digest of its pixels' bytes. Exact, and the same whichever batch the image
@@ -283,7 +304,9 @@ class ATEscHook(Hook):
         steps = len(self.stats)
         return {"steps": steps, "trap_steps": int(sum(bool(r.get("trap")) for r in self.stats)),
                 "robust_share": sum(r["robust_share"] for r in self.stats) / steps if steps else 0.0,
-                "pgd_passes": self.pgd_passes, "pgd_seconds": self.pgd_seconds, "attacked": self.attacked}
+                "pgd_passes": self.pgd_passes, "pgd_seconds": self.pgd_seconds, "attacked": self.attacked,
+                "monitor_steps": self.monitor_steps,
+                "switched_at": -1 if self.switched_at is None else self.switched_at}
 
     @property
     def note(self) -> str:
@@ -292,6 +315,13 @@ class ATEscHook(Hook):
         charged = "counted in the budget" if self.cfg.charge_passes else "not counted in the budget"
         seen = (f"trap seen in {sm['trap_steps']} of {sm['steps']} student steps" if sm["trap_steps"] else
                 f"no trap seen in {sm['steps']} student steps (the run was plain KD)")
+        if self.cfg.attack == "adaptive":
+            mon = (f"; {sm['monitor_steps']} more student steps of plain KD while only "
+                   f"{100 * self.cfg.monitor_share:.1f}% of the new images were attacked to watch for a trap"
+                   if sm["monitor_steps"] else "")
+            if self.switched_at is not None:
+                mon += f" (a trap showed up at step {self.switched_at}: every image attacked from then on)"
+            seen += mon
         return (f"{seen}; mean robust share {100 * sm['robust_share']:.1f}%; PGD attack {sm['pgd_passes']} "
                 f"teacher passes on {sm['attacked']} images ({charged}), {sm['pgd_seconds']:.0f} s")
 
@@ -317,10 +347,44 @@ class ATEscHook(Hook):
         prior = bn_prior(taps) if weight and taps is not None else None
         return None if prior is None else (scale - 1.0) * weight * prior
 
+    def _monitor(self, engine: Any, x: torch.Tensor, step: int) -> None:
+        """Monitor mode: attack a random ``monitor_share`` of the images not seen before, keep their scores
+        in a pool of the newest ``monitor_pool`` and split the pool (a rule learned from it, as for a
+        batch); a robust share above ``trap_share`` switches to full mode for the rest of the run. The
+        pool is split rather than each batch: a share of a batch is too few samples for the mixture fit,
+        and splits of a quarter of a batch were measured to find stray robust groups (``docs/ntl.md``)."""
+        cfg = self.cfg
+        keys = self._keys(x)
+        new = [i for i, k in enumerate(keys) if k not in self._cache and k not in self._passed]
+        if not new:
+            return
+        draw = (torch.rand(len(new), generator=self.gen) < cfg.monitor_share).tolist()
+        pick = [i for i, d in zip(new, draw) if d]
+        self._passed.update(keys[i] for i, d in zip(new, draw) if not d)
+        if len(self._passed) > self.CACHE_MAX:
+            self._passed.clear()
+        if not pick:
+            return
+        vals = self.robustness(engine, x[pick]).float().cpu().tolist()
+        self.attacked += len(pick)
+        self._cache.update((keys[i], v) for i, v in zip(pick, vals))
+        self._pool = (self._pool + vals)[-cfg.monitor_pool:]
+        if len(self._pool) < 32:
+            return
+        sp = robust_split(torch.tensor(self._pool), method=cfg.split, min_separation=cfg.min_separation,
+                          min_gap=cfg.min_gap)
+        if sp.share > cfg.trap_share:
+            self.mode, self.switched_at = "full", step
+
     def student_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "student" or ctx.s_logits is None:
             return None
         cfg = self.cfg
+        if self.mode == "monitor":
+            self._monitor(ctx.engine, ctx.x, ctx.step)
+            if self.mode == "monitor":
+                self.monitor_steps += 1
+                return None  # no trap in sight: plain KD, as the engine does without a defense
         score = self.scores(ctx.engine, ctx.x)
         sp = robust_split(score, method=cfg.split, min_separation=cfg.min_separation, min_gap=cfg.min_gap)
         robust = sp.robust.to(ctx.x.device)
@@ -328,6 +392,9 @@ class ATEscHook(Hook):
                            "threshold": sp.threshold if math.isfinite(sp.threshold) else float("nan")})
         trapped = self.trap_seen  # this batch included
         self.stats[-1]["trap"] = float(trapped)
+        self.ever_trapped = self.ever_trapped or trapped
+        if cfg.attack == "adaptive" and not self.ever_trapped and len(self.stats) >= cfg.warmup_steps:
+            self.mode = "monitor"  # from the next student step on
         fragile = ~robust
         s, t = ctx.s_logits, ctx.t_logits
         loss = s.sum() * 0.0
@@ -382,7 +449,9 @@ class ATEscHook(Hook):
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state(), "stats": list(self.stats), "cache": dict(self._cache),
                 "attacked": self.attacked, "pgd_passes": self.pgd_passes,
-                "pgd_seconds": self.pgd_seconds, "mem_x": self.mem_x, "mem_t": self.mem_t}
+                "pgd_seconds": self.pgd_seconds, "mem_x": self.mem_x, "mem_t": self.mem_t,
+                "mode": self.mode, "ever_trapped": self.ever_trapped, "monitor_steps": self.monitor_steps,
+                "switched_at": self.switched_at, "pool": list(self._pool), "passed": list(self._passed)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
@@ -393,6 +462,12 @@ class ATEscHook(Hook):
         self.pgd_passes = int(state.get("pgd_passes", 0))
         self.pgd_seconds = float(state.get("pgd_seconds", 0.0))
         self.mem_x, self.mem_t = state.get("mem_x"), state.get("mem_t")
+        self.mode = str(state.get("mode", "full"))
+        self.ever_trapped = bool(state.get("ever_trapped", False))
+        self.monitor_steps = int(state.get("monitor_steps", 0))
+        self.switched_at = state.get("switched_at")
+        self._pool = [float(v) for v in state.get("pool", [])]
+        self._passed = {k for k in state.get("passed", []) if isinstance(k, bytes)}
 
 
 @DEFENSES.register("atesc", summary="ATEsc (Hong et al., ICML 2025): KD on fragile, forgetting on robust samples")
