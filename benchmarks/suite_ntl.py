@@ -355,7 +355,8 @@ class DefenseBench:
         }
         if defense == "atesc":
             sm = hooks[0].summary()  # type: ignore[attr-defined]
-            out.update({f"{label}_{k}": sm[k] for k in ("robust_share", "trap_steps", "steps", "pgd_seconds")})
+            out.update({f"{label}_{k}": sm[k] for k in ("robust_share", "trap_steps", "steps", "pgd_seconds",
+                                                     "monitor_steps", "switched_at", "attacked") if k in sm})
         return out
 
 

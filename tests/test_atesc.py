@@ -363,39 +363,45 @@ def test_forget_gate_limits_the_batch_forgetting_to_robust_samples_the_student_s
     assert not torch.allclose(got, ungated, atol=1e-5)
 
 
-def test_adaptive_attack_monitors_a_share_after_a_quiet_warmup_and_switches_back_on_a_trap():
+def test_adaptive_attack_monitors_quiet_classes_and_attacks_a_trap_class_in_full():
     _, engine = _engine()
-    cfg = ATEscConfig(attack="adaptive", warmup_steps=2, monitor_share=0.25, trap_window=2, charge_passes=False)
+    cfg = ATEscConfig(attack="adaptive", warmup_steps=2, monitor_share=0.25, class_min=16, split_min=16,
+                      trap_window=2, charge_passes=False)
     hook = ATEscHook(cfg)
-    for seed in (1, 2):  # quiet warm-up: unimodal batches, every image attacked
+    for seed in (1, 2):  # warm-up without a trap: every image attacked
         hook.student_loss(_ctx(engine, _batch(64, 0, seed=seed)))
-    assert hook.mode == "monitor" and hook.attacked == 128
+    assert hook.attacked == 128 and hook.hot_classes == []
     quiet = _batch(64, 0, seed=3)
-    assert hook.student_loss(_ctx(engine, quiet)) is None  # plain KD while monitoring
-    assert 4 <= hook.attacked - 128 <= 32 and hook.monitor_steps == 1  # about a quarter of the new images
+    hook.student_loss(_ctx(engine, quiet))
+    assert 4 <= hook.attacked - 128 <= 32  # about a quarter of the new images, in every class
     before = hook.attacked
     hook.student_loss(_ctx(engine, quiet))  # the same images again: none attacked, none re-drawn
-    assert hook.attacked == before and hook.mode == "monitor"
+    assert hook.attacked == before and hook.stats[-1]["robust_share"] == 0.0
     step = 0
-    while hook.mode == "monitor" and step < 20:  # a trap shows up: half of every new batch is robust
+    while 0 not in hook.hot_classes and step < 20:  # a trap in class 0: half of every new batch is robust
         step += 1
         hook.student_loss(_ctx(engine, _batch(32, 32, seed=10 + step)))
-    assert hook.mode == "full" and hook.switched_at is not None and step < 20
-    n_stats = len(hook.stats)
-    loss = hook.student_loss(_ctx(engine, _batch(32, 32, seed=99)))
-    assert len(hook.stats) == n_stats + 1 and hook.stats[-1]["robust_share"] > 0.3 and loss is not None
-    assert "a trap showed up at step" in hook.note and "plain KD while only 25.0%" in hook.note
+    assert hook.hot_classes == [0] and step < 20
+    x = _batch(32, 32, seed=99)
+    before = hook.attacked
+    loss = hook.student_loss(_ctx(engine, x))
+    truth = torch.arange(64) >= 32
+    t_cls = engine.teacher_logits(x).argmax(1)
+    assert hook.attacked - before >= int((t_cls == 0).sum())  # every class-0 image attacked
+    robust_now = hook.stats[-1]["robust_share"]
+    assert robust_now >= 0.45 and loss is not None and truth.float().mean() == 0.5
+    assert "classes attacked in full at the end: 0" in hook.note
     fresh = ATEscHook(cfg)
     fresh.load_state_dict(hook.state_dict())
-    assert (fresh.mode, fresh.switched_at, fresh.monitor_steps) == ("full", hook.switched_at, hook.monitor_steps)
+    assert fresh.hot_classes == [0] and fresh._passed == hook._passed
 
 
-def test_every_attack_schedule_never_monitors_and_bad_schedules_are_refused():
+def test_every_attack_schedule_attacks_every_image_and_bad_schedules_are_refused():
     _, engine = _engine()
     hook = ATEscHook(ATEscConfig(warmup_steps=1))  # the default schedule: "every"
     for seed in (1, 2, 3):
         assert hook.student_loss(_ctx(engine, _batch(32, 0, seed=seed))) is not None
-    assert hook.mode == "full" and hook.attacked == 96
+    assert hook.attacked == 96 and hook.hot_classes == []
     with pytest.raises(UsageError):
         ATEscConfig(attack="sometimes")
     with pytest.raises(UsageError):

@@ -49,6 +49,15 @@ The paper's code is not public; every choice it leaves open is an option here (d
   again on every draw (10 student steps per synthesised batch in ``fast``: ~10x the teacher passes of
   the whole synthesis). The teacher is frozen, so the cached score is the one a new attack would give
   up to PGD's random start. The split is still learned per student batch from these scores;
+* ``attack`` (default ``every``, the paper: every new image of every student batch is attacked) or
+  ``adaptive``: the first ``warmup_steps`` (20) student steps are attacked in full; after that a new image
+  is attacked only if the teacher's class for it is *hot* -- more than ``trap_share`` of that class's newest
+  ``class_min`` (32) attacked images were robust -- and otherwise with probability ``monitor_share`` (1/8),
+  which keeps every class's tally fresh so a trap that shows up later turns its class hot. An image not
+  attacked counts as fragile. A batch with at least ``split_min`` (64) scored images is split as usual;
+  one with fewer is compared with the threshold learned from the newest ``monitor_pool`` (512) scores
+  (a mixture fit on a few images finds stray robust groups). On a clean teacher the attack then costs
+  about an eighth of its passes; on an NTL teacher the trap's classes stay attacked in full;
 * ``charge_passes`` (default on): PGD passes count against the engine's budget. Off: they are only
   counted in ``ATEscHook.pgd_passes``, so a comparison with plain DFKD can be run at an equal
   *synthesis* budget and report the attack cost separately (``benchmarks/suite_ntl.py defense``).
@@ -162,9 +171,7 @@ def class_balanced_weights(t_logits: torch.Tensor) -> torch.Tensor:
     return w * (w.numel() / w.sum())
 
 
-#: ``every``: every new image of every student batch is attacked (the paper); ``adaptive``: after
-#: ``warmup_steps`` student steps without a trap, only a random ``monitor_share`` of the new images is
-#: attacked, to watch for a trap, and the student is trained by plain KD until one shows up
+#: attack schedules (module docstring, ``attack``)
 ATTACK_SCHEDULES = ("every", "adaptive")
 
 
@@ -200,6 +207,8 @@ class ATEscConfig:
     warmup_steps: int = 20
     monitor_share: float = 0.125
     monitor_pool: int = 512
+    class_min: int = 32
+    split_min: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -219,8 +228,10 @@ class ATEscConfig:
             raise UsageError("atesc: trap_memory, trap_replay and replay_weight must be >= 0")
         if self.attack not in ATTACK_SCHEDULES:
             raise UsageError(f"atesc: attack must be one of {', '.join(ATTACK_SCHEDULES)}, got {self.attack!r}")
-        if not 0 < self.monitor_share <= 1 or self.warmup_steps < 0 or self.monitor_pool < 16:
-            raise UsageError("atesc: 0 < monitor_share <= 1, warmup_steps >= 0 and monitor_pool >= 16 are required")
+        if not 0 < self.monitor_share <= 1 or min(self.warmup_steps, self.class_min, self.split_min) < 0 \
+                or self.monitor_pool < self.split_min:
+            raise UsageError("atesc: 0 < monitor_share <= 1, warmup_steps, class_min, split_min >= 0 and "
+                             "monitor_pool >= split_min are required")
         if self.eps <= 0 or self.pgd_steps < 1 or self.lam < 0:
             raise UsageError("atesc: eps > 0, pgd_steps >= 1 and lam >= 0 are required")
 
@@ -241,13 +252,11 @@ class ATEscHook(Hook):
         self._cache: dict[bytes, float] = {}
         self.mem_x: torch.Tensor | None = None  # robust samples kept for replay (trap_memory)
         self.mem_t: torch.Tensor | None = None  # the teacher's logits on them
-        # attack="adaptive": "full" (every new image attacked) or "monitor" (a random share of them)
-        self.mode = "full"
-        self.ever_trapped = False  # a trap was seen at some student step (full mode is then kept)
-        self.monitor_steps = 0  # student steps trained by plain KD in monitor mode
-        self.switched_at: int | None = None  # student step at which monitoring saw a trap
-        self._pool: list[float] = []  # scores of the monitored images (the newest monitor_pool)
-        self._passed: set[bytes] = set()  # new images monitor mode chose not to attack
+        # attack="adaptive": newest robust flags of the attacked images per teacher class, pool of scores,
+        # images passed over
+        self._flags: dict[int, list[bool]] = {}
+        self._pool: list[float] = []
+        self._passed: set[bytes] = set()
 
     def _keys(self, x: torch.Tensor) -> list[bytes]:
         """One key per image: a digest of its pixels' bytes. Exact, and the same whichever batch the image
@@ -299,14 +308,20 @@ class ATEscHook(Hook):
         recent = self.stats[-self.cfg.trap_window:]
         return bool(recent) and sum(r["robust_share"] for r in recent) / len(recent) > self.cfg.trap_share
 
-    def summary(self) -> dict[str, float]:
+    @property
+    def hot_classes(self) -> list[int]:
+        """``attack="adaptive"``: the teacher classes whose new images are attacked in full at this point."""
+        if self.cfg.attack != "adaptive" or len(self.stats) < self.cfg.warmup_steps:
+            return []
+        return sorted(c for c in self._flags if self._rate(c) >= 1.0)
+
+    def summary(self) -> dict[str, Any]:
         """The run so far: student steps, steps with a trap seen, mean robust share, attack cost."""
         steps = len(self.stats)
         return {"steps": steps, "trap_steps": int(sum(bool(r.get("trap")) for r in self.stats)),
                 "robust_share": sum(r["robust_share"] for r in self.stats) / steps if steps else 0.0,
                 "pgd_passes": self.pgd_passes, "pgd_seconds": self.pgd_seconds, "attacked": self.attacked,
-                "monitor_steps": self.monitor_steps,
-                "switched_at": -1 if self.switched_at is None else self.switched_at}
+                "passed_over": len(self._passed), "hot_classes": self.hot_classes}
 
     @property
     def note(self) -> str:
@@ -316,12 +331,9 @@ class ATEscHook(Hook):
         seen = (f"trap seen in {sm['trap_steps']} of {sm['steps']} student steps" if sm["trap_steps"] else
                 f"no trap seen in {sm['steps']} student steps (the run was plain KD)")
         if self.cfg.attack == "adaptive":
-            mon = (f"; {sm['monitor_steps']} more student steps of plain KD while only "
-                   f"{100 * self.cfg.monitor_share:.1f}% of the new images were attacked to watch for a trap"
-                   if sm["monitor_steps"] else "")
-            if self.switched_at is not None:
-                mon += f" (a trap showed up at step {self.switched_at}: every image attacked from then on)"
-            seen += mon
+            hot = ", ".join(map(str, self.hot_classes)) or "none"
+            seen += (f"; adaptive attack: {sm['passed_over']} new images passed over, classes attacked in full at "
+                     f"the end: {hot}")
         return (f"{seen}; mean robust share {100 * sm['robust_share']:.1f}%; PGD attack {sm['pgd_passes']} "
                 f"teacher passes on {sm['attacked']} images ({charged}), {sm['pgd_seconds']:.0f} s")
 
@@ -347,54 +359,77 @@ class ATEscHook(Hook):
         prior = bn_prior(taps) if weight and taps is not None else None
         return None if prior is None else (scale - 1.0) * weight * prior
 
-    def _monitor(self, engine: Any, x: torch.Tensor, step: int) -> None:
-        """Monitor mode: attack a random ``monitor_share`` of the images not seen before, keep their scores
-        in a pool of the newest ``monitor_pool`` and split the pool (a rule learned from it, as for a
-        batch); a robust share above ``trap_share`` switches to full mode for the rest of the run. The
-        pool is split rather than each batch: a share of a batch is too few samples for the mixture fit,
-        and splits of a quarter of a batch were measured to find stray robust groups (``docs/ntl.md``)."""
+    def _rate(self, cls: int) -> float:
+        """``attack="adaptive"``: the share of new images of teacher class ``cls`` to attack. Everything during
+        the warm-up and for a class with fewer than ``class_min`` attacked images; after that everything
+        for a *hot* class (robust share of its newest ``class_min`` attacked images above ``trap_share``)
+        and ``monitor_share`` for the others."""
         cfg = self.cfg
+        flags = self._flags.get(cls, [])
+        if len(self.stats) < cfg.warmup_steps or len(flags) < cfg.class_min:
+            return 1.0
+        return 1.0 if sum(flags) / len(flags) > cfg.trap_share else cfg.monitor_share
+
+    def _adaptive_scores(self, engine: Any, x: torch.Tensor, t_logits: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Scores of ``x`` under ``attack="adaptive"`` (NaN = not attacked) and the indices attacked now.
+        An image passed over once is attacked when it comes back while its class is hot."""
         keys = self._keys(x)
-        new = [i for i, k in enumerate(keys) if k not in self._cache and k not in self._passed]
-        if not new:
-            return
-        draw = (torch.rand(len(new), generator=self.gen) < cfg.monitor_share).tolist()
-        pick = [i for i, d in zip(new, draw) if d]
-        self._passed.update(keys[i] for i, d in zip(new, draw) if not d)
+        cls = t_logits.detach().argmax(1).tolist()
+        draw = torch.rand(len(keys), generator=self.gen).tolist()
+        todo, passed = [], []
+        for i, k in enumerate(keys):
+            if k in self._cache:
+                continue
+            rate = self._rate(cls[i])
+            if rate >= 1.0 or (k not in self._passed and draw[i] < rate):
+                todo.append(i)
+            else:
+                passed.append(k)
+        self._passed.update(passed)
         if len(self._passed) > self.CACHE_MAX:
             self._passed.clear()
-        if not pick:
-            return
-        vals = self.robustness(engine, x[pick]).float().cpu().tolist()
-        self.attacked += len(pick)
-        self._cache.update((keys[i], v) for i, v in zip(pick, vals))
-        self._pool = (self._pool + vals)[-cfg.monitor_pool:]
-        if len(self._pool) < 32:
-            return
-        sp = robust_split(torch.tensor(self._pool), method=cfg.split, min_separation=cfg.min_separation,
-                          min_gap=cfg.min_gap)
-        if sp.share > cfg.trap_share:
-            self.mode, self.switched_at = "full", step
+        if todo:
+            if len(self._cache) + len(todo) > self.CACHE_MAX:
+                self._cache.clear()
+            new = self.robustness(engine, x[todo]).float().cpu().tolist()
+            self.attacked += len(todo)
+            self._cache.update((keys[i], v) for i, v in zip(todo, new))
+            self._pool = (self._pool + new)[-self.cfg.monitor_pool:]
+        return torch.tensor([self._cache.get(k, math.nan) for k in keys], dtype=torch.float32), todo
+
+    def _split(self, ctx: BatchContext) -> tuple[torch.Tensor, float, float]:
+        """Robust mask of the batch, its share and the threshold used. ``every``: all of the batch is scored
+        and split. ``adaptive``: the scored images are split when there are at least ``split_min`` of
+        them; fewer are compared with the threshold learned from the pool of the newest ``monitor_pool``
+        attacked images (a mixture fit on a few images finds stray robust groups, ``docs/ntl.md``); an
+        image not attacked counts as fragile."""
+        cfg = self.cfg
+        opts = {"method": cfg.split, "min_separation": cfg.min_separation, "min_gap": cfg.min_gap}
+        if cfg.attack == "every":
+            sp = robust_split(self.scores(ctx.engine, ctx.x), **opts)
+            return sp.robust.to(ctx.x.device), sp.share, sp.threshold
+        score, todo = self._adaptive_scores(ctx.engine, ctx.x, ctx.t_logits)
+        scored = ~torch.isnan(score)
+        if int(scored.sum()) >= cfg.split_min:
+            thr = robust_split(score[scored], **opts).threshold
+        else:
+            thr = robust_split(torch.tensor(self._pool), **opts).threshold if len(self._pool) >= cfg.split_min \
+                else math.inf
+        robust = scored & (score > thr)
+        cls = ctx.t_logits.detach().argmax(1).tolist()
+        for i in todo:  # the class tallies that set the attack rates
+            self._flags[cls[i]] = (self._flags.get(cls[i], []) + [bool(robust[i])])[-cfg.class_min:]
+        return robust.to(ctx.x.device), float(robust.float().mean()), thr
 
     def student_loss(self, ctx: BatchContext) -> torch.Tensor | None:
         if ctx.phase != "student" or ctx.s_logits is None:
             return None
         cfg = self.cfg
-        if self.mode == "monitor":
-            self._monitor(ctx.engine, ctx.x, ctx.step)
-            if self.mode == "monitor":
-                self.monitor_steps += 1
-                return None  # no trap in sight: plain KD, as the engine does without a defense
-        score = self.scores(ctx.engine, ctx.x)
-        sp = robust_split(score, method=cfg.split, min_separation=cfg.min_separation, min_gap=cfg.min_gap)
-        robust = sp.robust.to(ctx.x.device)
-        self.stats.append({"step": float(ctx.step), "robust_share": sp.share,
-                           "threshold": sp.threshold if math.isfinite(sp.threshold) else float("nan")})
+        robust, share, thr = self._split(ctx)
+        self.stats.append({"step": float(ctx.step), "robust_share": share,
+                           "threshold": thr if math.isfinite(thr) else float("nan")})
         trapped = self.trap_seen  # this batch included
         self.stats[-1]["trap"] = float(trapped)
-        self.ever_trapped = self.ever_trapped or trapped
-        if cfg.attack == "adaptive" and not self.ever_trapped and len(self.stats) >= cfg.warmup_steps:
-            self.mode = "monitor"  # from the next student step on
         fragile = ~robust
         s, t = ctx.s_logits, ctx.t_logits
         loss = s.sum() * 0.0
@@ -412,7 +447,7 @@ class ATEscHook(Hook):
             loss = loss + cfg.lam * self._forget_on(forget, s, t, gate)
         if trapped and cfg.trap_replay and self.mem_x is not None and ctx.student is not None:
             loss = loss + cfg.lam * cfg.replay_weight * self._replay(ctx, cfg.replay_forget or forget)
-        ctx.extra["atesc_robust_share"] = sp.share
+        ctx.extra["atesc_robust_share"] = share
         return loss
 
     def _remember(self, x: torch.Tensor, t: torch.Tensor) -> None:
@@ -450,8 +485,8 @@ class ATEscHook(Hook):
         return {"gen": self.gen.get_state(), "stats": list(self.stats), "cache": dict(self._cache),
                 "attacked": self.attacked, "pgd_passes": self.pgd_passes,
                 "pgd_seconds": self.pgd_seconds, "mem_x": self.mem_x, "mem_t": self.mem_t,
-                "mode": self.mode, "ever_trapped": self.ever_trapped, "monitor_steps": self.monitor_steps,
-                "switched_at": self.switched_at, "pool": list(self._pool), "passed": list(self._passed)}
+                "flags": {int(c): list(f) for c, f in self._flags.items()}, "pool": list(self._pool),
+                "passed": list(self._passed)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
@@ -462,10 +497,7 @@ class ATEscHook(Hook):
         self.pgd_passes = int(state.get("pgd_passes", 0))
         self.pgd_seconds = float(state.get("pgd_seconds", 0.0))
         self.mem_x, self.mem_t = state.get("mem_x"), state.get("mem_t")
-        self.mode = str(state.get("mode", "full"))
-        self.ever_trapped = bool(state.get("ever_trapped", False))
-        self.monitor_steps = int(state.get("monitor_steps", 0))
-        self.switched_at = state.get("switched_at")
+        self._flags = {int(c): [bool(v) for v in f] for c, f in state.get("flags", {}).items()}
         self._pool = [float(v) for v in state.get("pool", [])]
         self._passed = {k for k in state.get("passed", []) if isinstance(k, bytes)}
 
