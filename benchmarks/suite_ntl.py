@@ -356,7 +356,7 @@ class DefenseBench:
         if defense == "atesc":
             sm = hooks[0].summary()  # type: ignore[attr-defined]
             out.update({f"{label}_{k}": sm[k] for k in ("robust_share", "trap_steps", "steps", "pgd_seconds",
-                                                     "monitor_steps", "switched_at", "attacked") if k in sm})
+                                                     "attacked", "passed_over", "hot_classes")})
         return out
 
 

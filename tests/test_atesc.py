@@ -53,7 +53,11 @@ def _ctx(engine: Engine, x: torch.Tensor) -> BatchContext:
 @pytest.mark.parametrize("forget", ["uniform", "uniform_other"])
 def test_atesc_splits_robust_samples_and_forgets_them(forget: str):
     teacher, engine = _engine()
-    hook = ATEscHook(ATEscConfig(forget=forget, forget_trap=None))  # this forgetting loss throughout
+    # this forgetting loss throughout; the paper's schedule (every image attacked). Under the default
+    # "adaptive" schedule the sampling draw moves PGD's random starts, and on this toy the mixture's EM
+    # then settles where the robust component takes in the fragile mode's three highest scores
+    # (docs/ntl.md, limitations): the split/forget mechanism is what this test is about.
+    hook = ATEscHook(ATEscConfig(forget=forget, forget_trap=None, attack="every"))
     x = _batch(96, 32)
     truth = torch.arange(128) >= 96
     before = engine.passes
@@ -266,8 +270,9 @@ def test_trap_memory_replays_remembered_robust_samples_once_a_trap_is_seen():
     from teacher_audit.defenses.atesc import FORGET
 
     _, engine = _engine()
+    # attack="every": the adaptive schedule's sampling draw would come before the replay's in the generator
     cfg = ATEscConfig(kd_weight="uniform", trap_window=1, trap_share=0.1, trap_memory=40, trap_replay=8,
-                      replay_weight=2.0, replay_gate="all")
+                      replay_weight=2.0, replay_gate="all", attack="every")
     hook = ATEscHook(cfg)
     x = _batch(96, 32)
     hook.student_loss(_ctx(engine, x))  # trap seen: the 32 robust samples are remembered
@@ -306,7 +311,7 @@ def test_agreeing_replay_gate_forgets_only_samples_the_student_still_labels_as_t
 
     _, engine = _engine()
     cfg = ATEscConfig(kd_weight="uniform", trap_window=3, trap_share=0.1, trap_memory=64, trap_replay=16,
-                      replay_weight=1.0, replay_gate="agreeing")
+                      replay_weight=1.0, replay_gate="agreeing", attack="every")  # as in the test above
     hook = ATEscHook(cfg)
     hook.mem_x = _batch(0, 16, seed=5)
     t = torch.tensor([[5.0, -5.0]]).repeat(16, 1)
@@ -398,7 +403,7 @@ def test_adaptive_attack_monitors_quiet_classes_and_attacks_a_trap_class_in_full
 
 def test_every_attack_schedule_attacks_every_image_and_bad_schedules_are_refused():
     _, engine = _engine()
-    hook = ATEscHook(ATEscConfig(warmup_steps=1))  # the default schedule: "every"
+    hook = ATEscHook(ATEscConfig(attack="every", warmup_steps=1))  # the paper's schedule
     for seed in (1, 2, 3):
         assert hook.student_loss(_ctx(engine, _batch(32, 0, seed=seed))) is not None
     assert hook.attacked == 96 and hook.hot_classes == []
