@@ -273,14 +273,20 @@ class ATEscHook(Hook):
             self.attacked += int(x.shape[0])
             return self.robustness(engine, x).float().cpu()
         keys = self._keys(x)
-        todo = [i for i, k in enumerate(keys) if k not in self._cache]
-        if todo:
-            if len(self._cache) + len(todo) > self.CACHE_MAX:
-                self._cache.clear()
-            new = self.robustness(engine, x[todo]).float().cpu().tolist()
-            self.attacked += len(todo)
-            self._cache.update((keys[i], v) for i, v in zip(todo, new))
+        self._attack_into_cache(engine, x, keys, [i for i, k in enumerate(keys) if k not in self._cache])
         return torch.tensor([self._cache[k] for k in keys], dtype=torch.float32)
+
+    def _attack_into_cache(self, engine: Any, x: torch.Tensor, keys: list[bytes], todo: list[int]) -> list[float]:
+        """Attack the images ``todo`` of ``x`` and cache their scores under ``keys`` (the cache is cleared
+        first when it would outgrow ``CACHE_MAX``); returns the new scores."""
+        if not todo:
+            return []
+        if len(self._cache) + len(todo) > self.CACHE_MAX:
+            self._cache.clear()
+        new = self.robustness(engine, x[todo]).float().cpu().tolist()
+        self.attacked += len(todo)
+        self._cache.update((keys[i], v) for i, v in zip(todo, new))
+        return new
 
     def robustness(self, engine: Any, x: torch.Tensor) -> torch.Tensor:
         """Per-sample robustness score (higher = more robust); counts the PGD passes and seconds."""
@@ -390,12 +396,8 @@ class ATEscHook(Hook):
         self._passed.update(passed)
         if len(self._passed) > self.CACHE_MAX:
             self._passed.clear()
-        if todo:
-            if len(self._cache) + len(todo) > self.CACHE_MAX:
-                self._cache.clear()
-            new = self.robustness(engine, x[todo]).float().cpu().tolist()
-            self.attacked += len(todo)
-            self._cache.update((keys[i], v) for i, v in zip(todo, new))
+        new = self._attack_into_cache(engine, x, keys, todo)
+        if new:
             self._pool = (self._pool + new)[-self.cfg.monitor_pool:]
         return torch.tensor([self._cache.get(k, math.nan) for k in keys], dtype=torch.float32), todo
 
