@@ -53,11 +53,8 @@ def _ctx(engine: Engine, x: torch.Tensor) -> BatchContext:
 @pytest.mark.parametrize("forget", ["uniform", "uniform_other"])
 def test_atesc_splits_robust_samples_and_forgets_them(forget: str):
     teacher, engine = _engine()
-    # this forgetting loss throughout; the paper's schedule (every image attacked). Under the default
-    # "adaptive" schedule the sampling draw moves PGD's random starts, and on this toy the mixture's EM
-    # then settles where the robust component takes in the fragile mode's three highest scores
-    # (docs/ntl.md, limitations): the split/forget mechanism is what this test is about.
-    hook = ATEscHook(ATEscConfig(forget=forget, forget_trap=None, attack="every"))
+    # this forgetting loss throughout (the default adaptive schedule attacks everything in its warm-up)
+    hook = ATEscHook(ATEscConfig(forget=forget, forget_trap=None))
     x = _batch(96, 32)
     truth = torch.arange(128) >= 96
     before = engine.passes
@@ -270,9 +267,8 @@ def test_trap_memory_replays_remembered_robust_samples_once_a_trap_is_seen():
     from teacher_audit.defenses.atesc import FORGET
 
     _, engine = _engine()
-    # attack="every": the adaptive schedule's sampling draw would come before the replay's in the generator
     cfg = ATEscConfig(kd_weight="uniform", trap_window=1, trap_share=0.1, trap_memory=40, trap_replay=8,
-                      replay_weight=2.0, replay_gate="all", attack="every")
+                      replay_weight=2.0, replay_gate="all")
     hook = ATEscHook(cfg)
     x = _batch(96, 32)
     hook.student_loss(_ctx(engine, x))  # trap seen: the 32 robust samples are remembered
@@ -311,7 +307,7 @@ def test_agreeing_replay_gate_forgets_only_samples_the_student_still_labels_as_t
 
     _, engine = _engine()
     cfg = ATEscConfig(kd_weight="uniform", trap_window=3, trap_share=0.1, trap_memory=64, trap_replay=16,
-                      replay_weight=1.0, replay_gate="agreeing", attack="every")  # as in the test above
+                      replay_weight=1.0, replay_gate="agreeing")
     hook = ATEscHook(cfg)
     hook.mem_x = _batch(0, 16, seed=5)
     t = torch.tensor([[5.0, -5.0]]).repeat(16, 1)
@@ -411,3 +407,23 @@ def test_every_attack_schedule_attacks_every_image_and_bad_schedules_are_refused
         ATEscConfig(attack="sometimes")
     with pytest.raises(UsageError):
         ATEscConfig(monitor_share=0)
+
+
+def test_adaptive_sampling_draw_leaves_the_attacks_random_stream_alone():
+    """The adaptive schedule's draw has its own generator: in the warm-up (everything attacked) it scores
+    exactly as the paper's schedule, and PGD's generator is where the same attacks leave it."""
+    _, engine = _engine()
+    every = ATEscHook(ATEscConfig(attack="every", charge_passes=False))
+    adaptive = ATEscHook(ATEscConfig(attack="adaptive", warmup_steps=5, charge_passes=False))
+    for seed in (1, 2):
+        ctx = _ctx(engine, _batch(48, 16, seed=seed))
+        every.student_loss(ctx)
+        adaptive.student_loss(ctx)
+        assert every.attacked == adaptive.attacked
+        assert torch.equal(every.gen.get_state(), adaptive.gen.get_state())
+    assert every._cache == adaptive._cache
+    assert not torch.equal(adaptive.draw_gen.get_state(), torch.Generator().manual_seed(
+        adaptive.cfg.seed + ATEscHook.DRAW_SEED_OFFSET).get_state())  # it did draw, from its own stream
+    fresh = ATEscHook(adaptive.cfg)
+    fresh.load_state_dict(adaptive.state_dict())
+    assert torch.equal(fresh.draw_gen.get_state(), adaptive.draw_gen.get_state())

@@ -243,10 +243,14 @@ class ATEscHook(Hook):
 
     #: entries kept in the score cache before it is cleared (bounded memory on long runs)
     CACHE_MAX = 500_000
+    #: added to ``seed`` for the adaptive schedule's sampling generator
+    DRAW_SEED_OFFSET = 7919
 
     def __init__(self, config: ATEscConfig | None = None):
         self.cfg = config or ATEscConfig()
-        self.gen = torch.Generator().manual_seed(self.cfg.seed)
+        self.gen = torch.Generator().manual_seed(self.cfg.seed)  # PGD's random starts, the replay's draws
+        # attack="adaptive": the sampling draw has a stream of its own, so the schedule never moves the attack's
+        self.draw_gen = torch.Generator().manual_seed(self.cfg.seed + self.DRAW_SEED_OFFSET)
         self.stats: list[dict[str, float]] = []
         self.attacked = 0  # images attacked with PGD (cache misses)
         self.pgd_passes = 0  # teacher passes spent by the attack
@@ -383,7 +387,7 @@ class ATEscHook(Hook):
         An image passed over once is attacked when it comes back while its class is hot."""
         keys = self._keys(x)
         cls = t_logits.detach().argmax(1).tolist()
-        draw = torch.rand(len(keys), generator=self.gen).tolist()
+        draw = torch.rand(len(keys), generator=self.draw_gen).tolist()
         todo, passed = [], []
         for i, k in enumerate(keys):
             if k in self._cache:
@@ -486,7 +490,7 @@ class ATEscHook(Hook):
         return FORGET.get(forget)(s[mask], t[mask], self.cfg) * mask.float().mean()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state(), "stats": list(self.stats), "cache": dict(self._cache),
+        return {"gen": self.gen.get_state(), "draw_gen": self.draw_gen.get_state(), "stats": list(self.stats), "cache": dict(self._cache),
                 "attacked": self.attacked, "pgd_passes": self.pgd_passes,
                 "pgd_seconds": self.pgd_seconds, "mem_x": self.mem_x, "mem_t": self.mem_t,
                 "flags": {int(c): list(f) for c, f in self._flags.items()}, "pool": list(self._pool),
@@ -494,6 +498,8 @@ class ATEscHook(Hook):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
+        if "draw_gen" in state:  # checkpoints written before session 16 had one generator
+            self.draw_gen.set_state(state["draw_gen"])
         self.stats = list(state.get("stats", []))
         # keys of checkpoints written before the digest keys were floats; they would never match
         self._cache = {k: v for k, v in state.get("cache", {}).items() if isinstance(k, bytes)}
