@@ -245,7 +245,7 @@ def test_trap_bn_scale_reweights_the_bn_prior_only_once_a_trap_is_seen():
     ctx = BatchContext(x=x, t_logits=t, s_logits=None, engine=engine, step=0, phase="generator")
     hook = ATEscHook(ATEscConfig(escape="none", trap_bn_scale=0.1))
     assert hook.generator_loss(ctx) is None  # no trap seen: the engine's prior as configured
-    hook.stats.append({"robust_share": 0.5})  # a trapped batch
+    hook.stats.append({"robust_share": 0.5, "robust_classes": {1: 64}})  # a trapped batch
     assert hook.trap_seen
     w = engine.config.active_terms()["bn"]
     want = (0.1 - 1.0) * w * torch.stack(engine.taps.bn_losses).sum()
@@ -313,7 +313,7 @@ def test_agreeing_replay_gate_forgets_only_samples_the_student_still_labels_as_t
     t = torch.tensor([[5.0, -5.0]]).repeat(16, 1)
     t[8:] = t[8:].flip(1)  # half the remembered samples carry the other label
     hook.mem_t = t
-    hook.stats = [{"robust_share": 1.0, "trap": 1.0}] * 2  # a trap was seen
+    hook.stats = [{"robust_share": 1.0, "trap": 1.0, "robust_classes": {0: 128}}] * 2  # a trap was seen
     ctx = _ctx(engine, _batch(128, 0, seed=1))
     hook.scores(engine, ctx.x)
     state = hook.gen.get_state()
@@ -342,7 +342,7 @@ def test_forget_gate_limits_the_batch_forgetting_to_robust_samples_the_student_s
     _, engine = _engine()
     cfg = ATEscConfig(kd_weight="uniform", trap_window=3, trap_share=0.1, trap_memory=0, forget_gate="agreeing")
     hook = ATEscHook(cfg)
-    hook.stats = [{"robust_share": 0.25, "trap": 1.0}] * 2  # a trap was seen
+    hook.stats = [{"robust_share": 0.25, "trap": 1.0, "robust_classes": {0: 32}}] * 2  # a trap was seen
     with torch.no_grad():  # a student whose answer is "pixel 0 > pixel 1": it agrees on about half the samples
         lin1, lin2 = engine.student.net[1], engine.student.net[3]
         lin1.weight.zero_(), lin1.bias.zero_(), lin2.weight.zero_(), lin2.bias.zero_()
@@ -427,3 +427,21 @@ def test_adaptive_sampling_draw_leaves_the_attacks_random_stream_alone():
     fresh = ATEscHook(adaptive.cfg)
     fresh.load_state_dict(adaptive.state_dict())
     assert torch.equal(fresh.draw_gen.get_state(), adaptive.draw_gen.get_state())
+
+
+def test_a_trap_is_seen_only_when_the_robust_samples_collapse_into_one_class():
+    hook = ATEscHook(ATEscConfig(trap_window=4, trap_share=0.05, trap_collapse=0.6))
+    hook.stats = [{"robust_share": 0.2, "robust_classes": {c: 5 for c in range(5)}}] * 4  # confident, many classes
+    assert not hook.trap_seen
+    hook.stats = [{"robust_share": 0.2, "robust_classes": {8: 20, 3: 5}}] * 4  # 80 % in class 8
+    assert hook.trap_seen
+    hook.stats = [{"robust_share": 0.06, "robust_classes": {8: 5, 3: 3}}] * 4  # 62 % of a 6 % share: 3.75 %
+    assert not hook.trap_seen
+    hook.stats = hook.stats[:3] + [{"robust_share": 0.06, "robust_classes": {8: 7, 3: 1}}] * 4  # window: newest 4
+    assert hook.trap_seen
+    assert hook.summary()["robust_top_class"] == 8 and "in teacher class 8" in hook.note
+    hook.stats = [{"robust_share": 0.2, "robust_classes": {c: 5 for c in range(5)}}] * 4
+    hook.cfg.trap_collapse = 0.0  # the robust share alone, as up to session 15
+    assert hook.trap_seen
+    with pytest.raises(UsageError):
+        ATEscConfig(trap_collapse=1.5)

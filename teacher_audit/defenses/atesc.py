@@ -23,6 +23,11 @@ The paper's code is not public; every choice it leaves open is an option here (d
   from the teacher), ``not_label`` (``-log(1 - S(teacher's answer))``: only that label is pushed down),
   ``none`` (drop robust samples from KD only). ``uniform_other`` on every batch cost clean
   teachers up to 3 points (stray robust splits), hence its gating on the trap;
+* a *trap is seen* (what switches on every trap-time measure below) when, over the newest ``trap_window``
+  (20) student batches, at least ``trap_collapse`` (0.75) of the robust samples fall in one teacher class and
+  that class's robust samples are more than ``trap_share`` (5 %) of the batches. An NTL trap's robust samples
+  carry its one misleading OOD label; a clean teacher's stray robust groups (confident synthetic samples)
+  are spread over its classes. ``trap_collapse=0``: the robust share alone (up to session 15);
 * ``trap_bn_scale`` (default 0.1): once a trap is seen, the engine's BN prior counts this many times its
   weight (the NTL teacher's BN statistics mix ID and trap batches, so the prior pulls synthesis into the
   trap); 1 = off;
@@ -165,6 +170,20 @@ def _escape_cover(ctx: BatchContext, hook: "ATEscHook") -> torch.Tensor | None:
     return hook.cfg.escape_weight * F.cross_entropy(t, y)
 
 
+def _top_class(stats: list[dict[str, Any]]) -> tuple[int | None, float]:
+    """The teacher class most of the robust samples of ``stats`` (per-step ``robust_classes``) fell in, and
+    its share of them; ``(None, 0.0)`` without robust samples."""
+    pooled: dict[int, int] = {}
+    for r in stats:
+        for c, n in (r.get("robust_classes") or {}).items():
+            pooled[int(c)] = pooled.get(int(c), 0) + int(n)
+    total = sum(pooled.values())
+    if not total:
+        return None, 0.0
+    top = max(pooled, key=lambda c: (pooled[c], -c))
+    return top, pooled[top] / total
+
+
 def class_balanced_weights(t_logits: torch.Tensor) -> torch.Tensor:
     """Per-sample weights (mean 1) that give every teacher-predicted class of the group the same total."""
     y = t_logits.argmax(1)
@@ -196,6 +215,7 @@ class ATEscConfig:
     kd_weight: str = "balanced"
     trap_window: int = 20
     trap_share: float = 0.05
+    trap_collapse: float = 0.75
     escape: str = "cover"
     escape_weight: float = 10.0
     trap_bn_scale: float = 0.1
@@ -234,6 +254,8 @@ class ATEscConfig:
                 or self.monitor_pool < self.split_min:
             raise UsageError("atesc: 0 < monitor_share <= 1, warmup_steps, class_min, split_min >= 0 and "
                              "monitor_pool >= split_min are required")
+        if not 0 <= self.trap_collapse <= 1:
+            raise UsageError(f"atesc: trap_collapse must be in [0, 1], got {self.trap_collapse}")
         if self.eps <= 0 or self.pgd_steps < 1 or self.lam < 0:
             raise UsageError("atesc: eps > 0, pgd_steps >= 1 and lam >= 0 are required")
 
@@ -314,11 +336,20 @@ class ATEscHook(Hook):
 
     @property
     def trap_seen(self) -> bool:
-        """Whether recent student batches show a trap: mean robust share of the last ``trap_window``
-        batches (this one included) above ``trap_share``. One stray bimodal batch does not count, and a
-        batch whose split missed the robust mode is still treated as coming from a trapped teacher."""
+        """Whether recent student batches show a trap: over the last ``trap_window`` batches (this one
+        included) the robust samples *collapse* -- at least ``trap_collapse`` of them in one teacher class --
+        and that class's robust samples are more than ``trap_share`` of the batches. One stray bimodal batch
+        does not count, and a batch whose split missed the robust mode is still treated as coming from a
+        trapped teacher. A clean teacher's stray robust groups are confident samples of many classes; an NTL
+        trap's are its misleading OOD label (``docs/ntl.md``)."""
         recent = self.stats[-self.cfg.trap_window:]
-        return bool(recent) and sum(r["robust_share"] for r in recent) / len(recent) > self.cfg.trap_share
+        if not recent:
+            return False
+        share = sum(r["robust_share"] for r in recent) / len(recent)
+        if self.cfg.trap_collapse <= 0:
+            return share > self.cfg.trap_share
+        _, concentration = _top_class(recent)
+        return concentration >= self.cfg.trap_collapse and share * concentration > self.cfg.trap_share
 
     @property
     def hot_classes(self) -> list[int]:
@@ -328,10 +359,13 @@ class ATEscHook(Hook):
         return sorted(c for c in self._flags if self._rate(c) >= 1.0)
 
     def summary(self) -> dict[str, Any]:
-        """The run so far: student steps, steps with a trap seen, mean robust share, attack cost."""
+        """The run so far: student steps, steps with a trap seen, mean robust share, the class most robust
+        samples fell in and its share of them, attack cost."""
         steps = len(self.stats)
+        top, concentration = _top_class(self.stats)
         return {"steps": steps, "trap_steps": int(sum(bool(r.get("trap")) for r in self.stats)),
                 "robust_share": sum(r["robust_share"] for r in self.stats) / steps if steps else 0.0,
+                "robust_top_class": top, "robust_top_share": concentration,
                 "pgd_passes": self.pgd_passes, "pgd_seconds": self.pgd_seconds, "attacked": self.attacked,
                 "passed_over": len(self._passed), "hot_classes": self.hot_classes}
 
@@ -341,7 +375,10 @@ class ATEscHook(Hook):
         sm = self.summary()
         charged = "counted in the budget" if self.cfg.charge_passes else "not counted in the budget"
         seen = (f"trap seen in {sm['trap_steps']} of {sm['steps']} student steps" if sm["trap_steps"] else
-                f"no trap seen in {sm['steps']} student steps (the run was plain KD)")
+                f"no trap seen in {sm['steps']} student steps (no trap-time measures)")
+        if sm["robust_top_class"] is not None:
+            seen += (f"; robust samples: {100 * sm['robust_top_share']:.0f}% of them in teacher class "
+                     f"{sm['robust_top_class']}")
         if self.cfg.attack == "adaptive":
             hot = ", ".join(map(str, self.hot_classes)) or "none"
             seen += (f"; adaptive attack: {sm['passed_over']} new images passed over, classes attacked in full at "
@@ -434,8 +471,10 @@ class ATEscHook(Hook):
             return None
         cfg = self.cfg
         robust, share, thr = self._split(ctx)
+        cls = ctx.t_logits.detach().argmax(1)[robust.to(ctx.t_logits.device)].tolist()
         self.stats.append({"step": float(ctx.step), "robust_share": share,
-                           "threshold": thr if math.isfinite(thr) else float("nan")})
+                           "threshold": thr if math.isfinite(thr) else float("nan"),
+                           "robust_classes": {c: cls.count(c) for c in set(cls)}})
         trapped = self.trap_seen  # this batch included
         self.stats[-1]["trap"] = float(trapped)
         fragile = ~robust
