@@ -80,6 +80,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -273,7 +274,7 @@ class ATEscHook(Hook):
         self.gen = torch.Generator().manual_seed(self.cfg.seed)  # PGD's random starts, the replay's draws
         # attack="adaptive": the sampling draw has a stream of its own, so the schedule never moves the attack's
         self.draw_gen = torch.Generator().manual_seed(self.cfg.seed + self.DRAW_SEED_OFFSET)
-        self.stats: list[dict[str, float]] = []
+        self.stats: list[dict[str, Any]] = []  # per student step; "robust_classes" is {class: count}
         self.attacked = 0  # images attacked with PGD (cache misses)
         self.pgd_passes = 0  # teacher passes spent by the attack
         self.pgd_seconds = 0.0  # wall-clock seconds spent by the attack
@@ -474,7 +475,7 @@ class ATEscHook(Hook):
         cls = ctx.t_logits.detach().argmax(1)[robust.to(ctx.t_logits.device)].tolist()
         self.stats.append({"step": float(ctx.step), "robust_share": share,
                            "threshold": thr if math.isfinite(thr) else float("nan"),
-                           "robust_classes": {c: cls.count(c) for c in set(cls)}})
+                           "robust_classes": dict(Counter(cls))})
         trapped = self.trap_seen  # this batch included
         self.stats[-1]["trap"] = float(trapped)
         fragile = ~robust
@@ -529,7 +530,8 @@ class ATEscHook(Hook):
         return FORGET.get(forget)(s[mask], t[mask], self.cfg) * mask.float().mean()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state(), "draw_gen": self.draw_gen.get_state(), "stats": list(self.stats), "cache": dict(self._cache),
+        return {"gen": self.gen.get_state(), "draw_gen": self.draw_gen.get_state(), "stats": list(self.stats),
+                "cache": dict(self._cache),
                 "attacked": self.attacked, "pgd_passes": self.pgd_passes,
                 "pgd_seconds": self.pgd_seconds, "mem_x": self.mem_x, "mem_t": self.mem_t,
                 "flags": {int(c): list(f) for c, f in self._flags.items()}, "pool": list(self._pool),
