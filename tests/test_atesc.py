@@ -146,6 +146,28 @@ def test_forget_trap_replaces_the_forgetting_loss_only_once_a_trap_is_seen():
         ATEscConfig(forget_trap="nope")
 
 
+def test_the_default_trap_forgetting_leaves_the_traps_class_its_uniform_share():
+    """The trap's label is also an ID class: once a trap is seen, the default forgetting asks the student for
+    "don't know" on the robust group, not "anything but that class" (which drove the class itself out of
+    the student at long budgets, docs/benchmarks.md, session 17)."""
+    from teacher_audit.defenses.atesc import FORGET
+
+    _, engine = _engine()
+    cfg = ATEscConfig(kd_weight="uniform", trap_window=3, trap_share=0.1, trap_memory=0)
+    hook = ATEscHook(cfg)
+    hook.stats = [{"robust_share": 0.25, "trap": 1.0, "robust_classes": {0: 32}}] * 2  # a trap was seen
+    with torch.no_grad():  # a student that answers "don't know" everywhere
+        engine.student.net[3].weight.zero_(), engine.student.net[3].bias.zero_()
+    ctx = _ctx(engine, _batch(96, 32))
+    got = hook.student_loss(ctx)
+    assert hook.trap_seen and hook.stats[-1]["robust_share"] == pytest.approx(0.25)
+    robust = torch.arange(128) >= 96
+    kd = engine.kd_loss(ctx.t_logits[~robust], ctx.s_logits[~robust]) * 0.75
+    assert torch.allclose(got, kd, atol=1e-6)  # the robust group adds nothing at "don't know"
+    s, t = ctx.s_logits[robust], ctx.t_logits[robust]
+    assert float(FORGET.get("uniform_other")(s, t, cfg)) > 0.1  # "not that label" would still push it down
+
+
 def test_uniform_other_forgetting_is_zero_at_its_target():
     from teacher_audit.defenses.atesc import FORGET
 
@@ -267,8 +289,8 @@ def test_trap_memory_replays_remembered_robust_samples_once_a_trap_is_seen():
     from teacher_audit.defenses.atesc import FORGET
 
     _, engine = _engine()
-    cfg = ATEscConfig(kd_weight="uniform", trap_window=1, trap_share=0.1, trap_memory=40, trap_replay=8,
-                      replay_weight=2.0, replay_gate="all")
+    cfg = ATEscConfig(kd_weight="uniform", forget_trap="uniform_other", trap_window=1, trap_share=0.1,
+                      trap_memory=40, trap_replay=8, replay_weight=2.0, replay_gate="all")
     hook = ATEscHook(cfg)
     x = _batch(96, 32)
     hook.student_loss(_ctx(engine, x))  # trap seen: the 32 robust samples are remembered
@@ -284,7 +306,7 @@ def test_trap_memory_replays_remembered_robust_samples_once_a_trap_is_seen():
     got = hook.student_loss(ctx)
     hook.gen.set_state(state)
     idx = torch.randint(40, (8,), generator=hook.gen)
-    replay = FORGET.get("uniform_other")(engine.student(hook.mem_x[idx]), hook.mem_t[idx], cfg)
+    replay = FORGET.get(str(cfg.forget_trap))(engine.student(hook.mem_x[idx]), hook.mem_t[idx], cfg)
     want = engine.kd_loss(ctx.t_logits, ctx.s_logits) + 2.0 * replay
     assert float(replay.detach()) > 0.01
     assert torch.allclose(got, want, atol=1e-5)
@@ -324,7 +346,7 @@ def test_agreeing_replay_gate_forgets_only_samples_the_student_still_labels_as_t
     keep = s.argmax(1) == tt.argmax(1)
     assert 0 < int(keep.sum()) < 16  # the student agrees with some remembered labels, not all
     assert torch.equal(GATE.get("agreeing")(s, tt), keep)
-    want = engine.kd_loss(ctx.t_logits, ctx.s_logits) + FORGET.get("uniform_other")(s[keep], tt[keep], cfg) * keep.float().mean()
+    want = engine.kd_loss(ctx.t_logits, ctx.s_logits) + FORGET.get(str(cfg.forget_trap))(s[keep], tt[keep], cfg) * keep.float().mean()
     assert torch.allclose(got, want, atol=1e-5)
     # nothing agrees: the replay adds nothing
     hook.mem_t = -engine.student(hook.mem_x).detach()  # the student's answer is never the remembered label
@@ -357,8 +379,8 @@ def test_forget_gate_limits_the_batch_forgetting_to_robust_samples_the_student_s
     s, t = ctx.s_logits, ctx.t_logits
     gate = robust & (s.argmax(1) == t.argmax(1))
     kd = engine.kd_loss(t[~robust], s[~robust]) * 0.75
-    want = kd + (FORGET.get("uniform_other")(s[gate], t[gate], cfg) * gate.float().mean() if gate.any() else 0.0)
-    ungated = kd + FORGET.get("uniform_other")(s[robust], t[robust], cfg) * 0.25
+    want = kd + (FORGET.get(str(cfg.forget_trap))(s[gate], t[gate], cfg) * gate.float().mean() if gate.any() else 0.0)
+    ungated = kd + FORGET.get(str(cfg.forget_trap))(s[robust], t[robust], cfg) * 0.25
     assert 0 < int(gate.sum()) < 32  # the gate leaves some robust samples out
     assert torch.allclose(got, torch.as_tensor(want), atol=1e-5)
     assert not torch.allclose(got, ungated, atol=1e-5)
