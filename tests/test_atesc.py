@@ -146,14 +146,14 @@ def test_forget_trap_replaces_the_forgetting_loss_only_once_a_trap_is_seen():
         ATEscConfig(forget_trap="nope")
 
 
-def test_the_default_trap_forgetting_leaves_the_traps_class_its_uniform_share():
-    """The trap's label is also an ID class: once a trap is seen, the default forgetting asks the student for
-    "don't know" on the robust group, not "anything but that class" (which drove the class itself out of
-    the student at long budgets, docs/benchmarks.md, session 17)."""
+def test_uniform_trap_forgetting_leaves_the_traps_class_its_uniform_share():
+    """The trap's label is also an ID class: with ``forget_trap="uniform"`` the student is asked for "don't
+    know" on the robust group once a trap is seen, not "anything but that class" (the default, which costs
+    the class itself at long budgets, docs/benchmarks.md, session 17)."""
     from teacher_audit.defenses.atesc import FORGET
 
     _, engine = _engine()
-    cfg = ATEscConfig(kd_weight="uniform", trap_window=3, trap_share=0.1, trap_memory=0)
+    cfg = ATEscConfig(kd_weight="uniform", forget_trap="uniform", trap_window=3, trap_share=0.1, trap_memory=0)
     hook = ATEscHook(cfg)
     hook.stats = [{"robust_share": 0.25, "trap": 1.0, "robust_classes": {0: 32}}] * 2  # a trap was seen
     with torch.no_grad():  # a student that answers "don't know" everywhere
