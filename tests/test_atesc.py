@@ -54,7 +54,7 @@ def _ctx(engine: Engine, x: torch.Tensor) -> BatchContext:
 def test_atesc_splits_robust_samples_and_forgets_them(forget: str):
     teacher, engine = _engine()
     # this forgetting loss throughout (the default adaptive schedule attacks everything in its warm-up)
-    hook = ATEscHook(ATEscConfig(forget=forget, forget_trap=None))
+    hook = ATEscHook(ATEscConfig(forget=forget, forget_trap=None, replay_forget=None))
     x = _batch(96, 32)
     truth = torch.arange(128) >= 96
     before = engine.passes
@@ -306,7 +306,7 @@ def test_trap_memory_replays_remembered_robust_samples_once_a_trap_is_seen():
     got = hook.student_loss(ctx)
     hook.gen.set_state(state)
     idx = torch.randint(40, (8,), generator=hook.gen)
-    replay = FORGET.get(str(cfg.forget_trap))(engine.student(hook.mem_x[idx]), hook.mem_t[idx], cfg)
+    replay = FORGET.get(str(cfg.replay_forget))(engine.student(hook.mem_x[idx]), hook.mem_t[idx], cfg)
     want = engine.kd_loss(ctx.t_logits, ctx.s_logits) + 2.0 * replay
     assert float(replay.detach()) > 0.01
     assert torch.allclose(got, want, atol=1e-5)
@@ -346,7 +346,7 @@ def test_agreeing_replay_gate_forgets_only_samples_the_student_still_labels_as_t
     keep = s.argmax(1) == tt.argmax(1)
     assert 0 < int(keep.sum()) < 16  # the student agrees with some remembered labels, not all
     assert torch.equal(GATE.get("agreeing")(s, tt), keep)
-    forget = FORGET.get(str(cfg.forget_trap))(s[keep], tt[keep], cfg)
+    forget = FORGET.get(str(cfg.replay_forget))(s[keep], tt[keep], cfg)
     want = engine.kd_loss(ctx.t_logits, ctx.s_logits) + forget * keep.float().mean()
     assert torch.allclose(got, want, atol=1e-5)
     # nothing agrees: the replay adds nothing

@@ -17,12 +17,14 @@ The paper's code is not public; every choice it leaves open is an option here (d
   ``gmm`` default, ``quantile``, ``otsu``); a unimodal batch (clean teacher) gives no robust group, so
   ATEsc then reduces to plain KD -- never a fixed fraction;
 * forgetting: ``forget`` before a trap is seen (default ``"uniform"``: KL(uniform || S), "don't know"),
-  ``forget_trap`` once a trap is seen (``trap_window``/``trap_share``; default ``"uniform_other"``: KL(u || S)
-  with u uniform over every class but the teacher's answer, "not that label"; ``None`` = keep ``forget``).
-  The trap's label is also a real ID class whose own images the teacher answers robustly, so "not that
-  label" costs the student that class (watermark s0 at 150,000 passes: Bag 95 % with plain DFKD, 32 %);
-  ``"uniform"`` keeps more of it (46 %) but lost the escape on grating s2 at that budget (session 17,
-  ``docs/benchmarks.md``, ``## ATEsc: the trap's own class``), so it stays an option.
+  ``forget_trap`` on the batch's robust group once a trap is seen (``trap_window``/``trap_share``; default
+  ``"uniform"`` too; ``None`` = keep ``forget``) and ``replay_forget`` on the remembered trap samples (below;
+  default ``"uniform_other"``: KL(u || S) with u uniform over every class but the teacher's answer, "not that
+  label"). The trap's label is also a real ID class whose own images the teacher answers robustly, so
+  "not that label" on every robust sample cost the student that class (watermark s0 at 150,000 passes: Bag
+  95 % with plain DFKD, 32 %); on the batch it is now "don't know", and "not that label" acts only through the
+  gated replay, on samples the student still gives the trap's label (session 18; session 17 had tried
+  ``uniform`` for both, which lost the escape on grating s2 at 150,000 passes; ``docs/benchmarks.md``).
   Names: ``uniform``, ``uniform_other``, ``neg_kl`` (bounded ``-min(KL(T || S), forget_cap)``: move away
   from the teacher), ``not_label`` (``-log(1 - S(teacher's answer))``: only that label is pushed down),
   ``none`` (drop robust samples from KD only). ``uniform_other`` on every batch cost clean
@@ -46,7 +48,8 @@ The paper's code is not public; every choice it leaves open is an option here (d
   student step adds ``lam * replay_weight`` x the forgetting loss on ``trap_replay`` of them. With the BN
   prior weakened few new batches are robust, so without the memory the forgetting acted on few samples and
   the student kept the trap's labels (grating s2: 76-84 % agreement). Student passes only; 0 = off.
-  ``replay_forget`` picks the replay's forgetting loss (default ``None``: the one in force, ``forget_trap``);
+  ``replay_forget`` picks the replay's forgetting loss (default ``"uniform_other"``; ``None``: the one in force,
+  ``forget_trap``);
   ``replay_gate`` which remembered samples it acts on (default ``"agreeing"``: only those the student still
   gives the teacher's label; ``"all"``). Ungated, "not that label" kept spreading to the ID images of the
   trap's class (held-out texture teacher: ID sandals 98 % -> 8 %, the trap domain still 100 % sandal);
@@ -212,7 +215,7 @@ class ATEscConfig:
     min_gap: float = 0.5
     min_separation: float = 2.0
     forget: str = "uniform"
-    forget_trap: str | None = "uniform_other"
+    forget_trap: str | None = "uniform"
     forget_cap: float = 2.0
     lam: float = 1.0
     cache: bool = True
@@ -227,7 +230,7 @@ class ATEscConfig:
     trap_memory: int = 256
     trap_replay: int = 32
     replay_weight: float = 0.1
-    replay_forget: str | None = None
+    replay_forget: str | None = "uniform_other"
     replay_gate: str = "agreeing"
     forget_gate: str = "all"
     attack: str = "adaptive"
