@@ -147,9 +147,9 @@ def test_forget_trap_replaces_the_forgetting_loss_only_once_a_trap_is_seen():
 
 
 def test_uniform_trap_forgetting_leaves_the_traps_class_its_uniform_share():
-    """The trap's label is also an ID class: with ``forget_trap="uniform"`` the student is asked for "don't
-    know" on the robust group once a trap is seen, not "anything but that class" (the default, which costs
-    the class itself at long budgets, docs/benchmarks.md, session 17)."""
+    """The trap's label is also an ID class: with ``forget_trap="uniform"`` (the default since session 18) the
+    student is asked for "don't know" on the robust group once a trap is seen, not "anything but that class"
+    (the old default, which cost the class itself at long budgets, docs/benchmarks.md, session 17)."""
     from teacher_audit.defenses.atesc import FORGET
 
     _, engine = _engine()
