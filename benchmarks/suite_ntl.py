@@ -356,7 +356,8 @@ class DefenseBench:
         if defense == "atesc":
             sm = hooks[0].summary()  # type: ignore[attr-defined]
             out.update({f"{label}_{k}": sm[k] for k in ("robust_share", "trap_steps", "steps", "pgd_seconds",
-                                                     "attacked", "passed_over", "hot_classes")})
+                                                     "attacked", "passed_over", "hot_classes",
+                                                     "latch_class")})
         return out
 
 

@@ -224,6 +224,7 @@ class ATEscConfig:
     trap_window: int = 20
     trap_share: float = 0.05
     trap_collapse: float = 0.75
+    trap_latch: int = 0
     escape: str = "cover"
     escape_weight: float = 10.0
     trap_bn_scale: float = 0.1
@@ -262,6 +263,8 @@ class ATEscConfig:
                 or self.monitor_pool < self.split_min:
             raise UsageError("atesc: 0 < monitor_share <= 1, warmup_steps, class_min, split_min >= 0 and "
                              "monitor_pool >= split_min are required")
+        if self.trap_latch < 0:
+            raise UsageError(f"atesc: trap_latch must be >= 0, got {self.trap_latch}")
         if not 0 <= self.trap_collapse <= 1:
             raise UsageError(f"atesc: trap_collapse must be in [0, 1], got {self.trap_collapse}")
         if self.eps <= 0 or self.pgd_steps < 1 or self.lam < 0:
@@ -293,6 +296,8 @@ class ATEscHook(Hook):
         self._flags: dict[int, list[bool]] = {}
         self._pool: list[float] = []
         self._passed: set[bytes] = set()
+        self._trap_steps = 0  # student steps with a trap seen (``trap_latch``)
+        self.latch_class: int | None = None  # the trap's class when the latch closed (attacked in full after)
 
     def _keys(self, x: torch.Tensor) -> list[bytes]:
         """One key per image: a digest of its pixels' bytes. Exact, and the same whichever batch the image
@@ -349,7 +354,10 @@ class ATEscHook(Hook):
         and that class's robust samples are more than ``trap_share`` of the batches. One stray bimodal batch
         does not count, and a batch whose split missed the robust mode is still treated as coming from a
         trapped teacher. A clean teacher's stray robust groups are confident samples of many classes; an NTL
-        trap's are its misleading OOD label (``docs/ntl.md``)."""
+        trap's are its misleading OOD label (``docs/ntl.md``). With ``trap_latch`` > 0, once a trap has been
+        seen in that many student steps it stays seen for the rest of the run (:attr:`latched`)."""
+        if self.latched:
+            return True
         recent = self.stats[-self.cfg.trap_window:]
         if not recent:
             return False
@@ -358,6 +366,17 @@ class ATEscHook(Hook):
             return share > self.cfg.trap_share
         _, concentration = _top_class(recent)
         return concentration >= self.cfg.trap_collapse and share * concentration > self.cfg.trap_share
+
+    @property
+    def latched(self) -> bool:
+        """``trap_latch`` > 0 and a trap has been seen in at least that many student steps. An escape that
+        works moves synthesis off the trap, the robust samples thin out, the trap stops being seen and the
+        trap-time measures switch off -- and synthesis falls back into the trap (held-out inverted teacher at
+        150,000 passes: a trap seen in 647 of 1,490 steps, the student agreeing 100 % with the trap's labels).
+        The latch is hysteresis for that loop; a clean teacher, on which no trap is ever seen, is not touched.
+        Under ``attack="adaptive"`` the class most robust samples fell in up to then (:attr:`latch_class`) is
+        attacked in full from then on, so trap samples that come back are not passed over as fragile."""
+        return 0 < self.cfg.trap_latch <= self._trap_steps
 
     @property
     def hot_classes(self) -> list[int]:
@@ -375,7 +394,7 @@ class ATEscHook(Hook):
                 "robust_share": sum(r["robust_share"] for r in self.stats) / steps if steps else 0.0,
                 "robust_top_class": top, "robust_top_share": concentration,
                 "pgd_passes": self.pgd_passes, "pgd_seconds": self.pgd_seconds, "attacked": self.attacked,
-                "passed_over": len(self._passed), "hot_classes": self.hot_classes}
+                "passed_over": len(self._passed), "hot_classes": self.hot_classes, "latch_class": self.latch_class}
 
     @property
     def note(self) -> str:
@@ -391,6 +410,8 @@ class ATEscHook(Hook):
             hot = ", ".join(map(str, self.hot_classes)) or "none"
             seen += (f"; adaptive attack: {sm['passed_over']} new images passed over, classes attacked in full at "
                      f"the end: {hot}")
+        if sm["latch_class"] is not None:
+            seen += f"; trap latched after {self.cfg.trap_latch} trap steps (class {sm['latch_class']})"
         return (f"{seen}; mean robust share {100 * sm['robust_share']:.1f}%; PGD attack {sm['pgd_passes']} "
                 f"teacher passes on {sm['attacked']} images ({charged}), {sm['pgd_seconds']:.0f} s")
 
@@ -423,7 +444,7 @@ class ATEscHook(Hook):
         and ``monitor_share`` for the others."""
         cfg = self.cfg
         flags = self._flags.get(cls, [])
-        if len(self.stats) < cfg.warmup_steps or len(flags) < cfg.class_min:
+        if len(self.stats) < cfg.warmup_steps or len(flags) < cfg.class_min or cls == self.latch_class:
             return 1.0
         return 1.0 if sum(flags) / len(flags) > cfg.trap_share else cfg.monitor_share
 
@@ -485,6 +506,9 @@ class ATEscHook(Hook):
                            "robust_classes": dict(Counter(cls))})
         trapped = self.trap_seen  # this batch included
         self.stats[-1]["trap"] = float(trapped)
+        self._trap_steps += int(trapped)
+        if self.latched and self.latch_class is None:
+            self.latch_class = _top_class(self.stats)[0]
         fragile = ~robust
         s, t = ctx.s_logits, ctx.t_logits
         loss = s.sum() * 0.0
@@ -549,6 +573,11 @@ class ATEscHook(Hook):
         if "draw_gen" in state:  # checkpoints written before session 16 had one generator
             self.draw_gen.set_state(state["draw_gen"])
         self.stats = list(state.get("stats", []))
+        self._trap_steps, self.latch_class = 0, None
+        for i, r in enumerate(self.stats):  # the same latch, at the same step, as in the run that wrote them
+            self._trap_steps += int(bool(r.get("trap")))
+            if self.latched and self.latch_class is None:
+                self.latch_class = _top_class(self.stats[:i + 1])[0]
         # keys of checkpoints written before the digest keys were floats; they would never match
         self._cache = {k: v for k, v in state.get("cache", {}).items() if isinstance(k, bytes)}
         self.attacked = int(state.get("attacked", 0))
