@@ -38,7 +38,7 @@ The paper's code is not public; every choice it leaves open is an option here (d
   the rest of the run, and the class most robust samples fell in up to then stays attacked in full. An escape
   that works moves synthesis off the trap, the robust samples thin out, the trap stops being seen, the
   trap-time measures switch off and synthesis falls back into it: on the held-out NTL teachers at 150,000 passes
-  a trap was seen in only 631-647 of ~1,500 steps and the student agreed with the trap's labels on 92-100 % of
+  a trap was seen in only 631-647 of ~1,500 steps and the student agreed with the trap's labels on 91.5-100 % of
   its domain (session 19, ``docs/benchmarks.md``). A clean teacher, on which no trap is seen, is not touched;
   a run that sees the trap in every step is the same to the digit;
 * ``trap_bn_scale`` (default 0.1): once a trap is seen, the engine's BN prior counts this many times its
