@@ -573,18 +573,17 @@ class ATEscHook(Hook):
                 "attacked": self.attacked, "pgd_passes": self.pgd_passes,
                 "pgd_seconds": self.pgd_seconds, "mem_x": self.mem_x, "mem_t": self.mem_t,
                 "flags": {int(c): list(f) for c, f in self._flags.items()}, "pool": list(self._pool),
-                "passed": list(self._passed)}
+                "passed": list(self._passed), "latch_class": self.latch_class}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
         if "draw_gen" in state:  # checkpoints written before session 16 had one generator
             self.draw_gen.set_state(state["draw_gen"])
         self.stats = list(state.get("stats", []))
-        self._trap_steps, self.latch_class = 0, None
-        for i, r in enumerate(self.stats):  # the same latch, at the same step, as in the run that wrote them
-            self._trap_steps += int(bool(r.get("trap")))
-            if self.latched and self.latch_class is None:
-                self.latch_class = _top_class(self.stats[:i + 1])[0]
+        self._trap_steps = int(sum(bool(r.get("trap")) for r in self.stats))
+        # checkpoints written before session 19 have no latch class: a run already past the latch takes the
+        # top robust class of all its steps at its next student step
+        self.latch_class = state.get("latch_class")
         # keys of checkpoints written before the digest keys were floats; they would never match
         self._cache = {k: v for k, v in state.get("cache", {}).items() if isinstance(k, bytes)}
         self.attacked = int(state.get("attacked", 0))
