@@ -314,6 +314,12 @@ class DefenseBench:
         with torch.no_grad():
             return float((model(x).argmax(1) == self.data.y).float().mean())
 
+    def per_class(self, model: torch.nn.Module) -> list[float]:
+        """ID accuracy of ``model`` per true class (where an ID loss sits)."""
+        with torch.no_grad():
+            hit = model(self.data.x).argmax(1) == self.data.y
+        return [float(hit[self.data.y == c].float().mean()) for c in sorted(set(self.data.y.tolist()))]
+
     def agree_ood(self, model: torch.nn.Module) -> float | None:
         """Share of the OOD images the teacher gets wrong on which ``model`` copies the wrong label."""
         if self.xo is None:
@@ -348,6 +354,7 @@ class DefenseBench:
             f"{label}_passes": int(engine.passes) + (0 if opts.get("charge_passes", True) else pgd),
             f"{label}_iterations": int(engine.iteration),
             f"{label}_id": self.acc(s, self.data.x),
+            f"{label}_id_per_class": self.per_class(s),
             f"{label}_ood": self.acc(s, self.xo) if self.xo is not None else None,
             f"{label}_agree_ood": self.agree_ood(s),
             f"{label}_seconds": time.perf_counter() - t0,
@@ -543,8 +550,9 @@ def parse_options(text: str) -> dict[str, Any]:
             out[k] = v
     if "charge_passes" in out:
         out["charge_passes"] = bool(out["charge_passes"])
-    if "cache" in out:
-        out["cache"] = bool(out["cache"])
+    for flag in ("cache", "latch_attack"):
+        if flag in out:
+            out[flag] = bool(out[flag])
     return out
 
 

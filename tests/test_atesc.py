@@ -472,21 +472,27 @@ def test_a_trap_is_seen_only_when_the_robust_samples_collapse_into_one_class():
 
 def test_trap_latch_keeps_a_trap_seen_and_its_class_attacked_after_the_trap_fades():
     _, engine = _engine()
-    hooks = {latch: ATEscHook(ATEscConfig(attack="adaptive", warmup_steps=2, monitor_share=0.25, class_min=16,
-                                          split_min=16, trap_window=2, trap_latch=latch, charge_passes=False))
-             for latch in (0, 3)}
+
+    def make(latch: int, full: bool = True) -> ATEscHook:
+        return ATEscHook(ATEscConfig(attack="adaptive", warmup_steps=2, monitor_share=0.25, class_min=16,
+                                     split_min=16, trap_window=2, trap_latch=latch, latch_attack=full,
+                                     charge_passes=False))
+
+    hooks = {0: make(0), 3: make(3), -3: make(3, full=False)}  # -3: latched, attack schedule left alone
     for seed in range(1, 5):  # a trap in class 0: half of every batch robust
         for hook in hooks.values():
             hook.student_loss(_ctx(engine, _batch(32, 32, seed=seed)))
     assert all(h.trap_seen for h in hooks.values())
-    assert hooks[3].latched and hooks[3].latch_class == 0 and not hooks[0].latched and hooks[0].latch_class is None
+    assert hooks[3].latched and hooks[-3].latched and hooks[3].latch_class == 0
+    assert not hooks[0].latched and hooks[0].latch_class is None
     for seed in range(10, 22):  # synthesis has left the trap: no robust sample any more
         for hook in hooks.values():
             hook.student_loss(_ctx(engine, _batch(64, 0, seed=seed)))
-    assert hooks[3].stats[-1]["robust_share"] == 0.0 and hooks[0].stats[-1]["robust_share"] == 0.0
+    assert all(h.stats[-1]["robust_share"] == 0.0 for h in hooks.values())
     assert not hooks[0].trap_seen and hooks[3].trap_seen and hooks[3].stats[-1]["trap"] == 1.0
     assert hooks[0]._rate(0) < 1.0 and 0 not in hooks[0].hot_classes  # unlatched: class 0 cooled down
     assert hooks[3]._rate(0) == 1.0 and 0 in hooks[3].hot_classes
+    assert hooks[-3].trap_seen and hooks[-3].latch_class == 0 and hooks[-3]._rate(0) < 1.0  # latch_attack=0
     assert "trap latched after 3 trap steps (class 0)" in hooks[3].note and "latched" not in hooks[0].note
     fresh = ATEscHook(hooks[3].cfg)
     fresh.load_state_dict(hooks[3].state_dict())

@@ -35,7 +35,9 @@ The paper's code is not public; every choice it leaves open is an option here (d
   carry its one misleading OOD label; a clean teacher's stray robust groups (confident synthetic samples)
   are spread over its classes. ``trap_collapse=0``: the robust share alone (up to session 15);
 * ``trap_latch`` (default 100; 0 = off): once a trap has been seen in that many student steps it stays seen for
-  the rest of the run, and the class most robust samples fell in up to then stays attacked in full. An escape
+  the rest of the run, and (``latch_attack``, default on) the class most robust samples fell in up to then stays
+  attacked in full under the adaptive attack; ``latch_attack=0`` keeps the latch and leaves the attack schedule
+  alone. An escape
   that works moves synthesis off the trap, the robust samples thin out, the trap stops being seen, the
   trap-time measures switch off and synthesis falls back into it: on the held-out NTL teachers at 150,000 passes
   a trap was seen in only 631-647 of ~1,500 steps and the student agreed with the trap's labels on 91.5-100 % of
@@ -232,6 +234,7 @@ class ATEscConfig:
     trap_share: float = 0.05
     trap_collapse: float = 0.75
     trap_latch: int = 100
+    latch_attack: bool = True
     escape: str = "cover"
     escape_weight: float = 10.0
     trap_bn_scale: float = 0.1
@@ -451,7 +454,8 @@ class ATEscHook(Hook):
         and ``monitor_share`` for the others."""
         cfg = self.cfg
         flags = self._flags.get(cls, [])
-        if len(self.stats) < cfg.warmup_steps or len(flags) < cfg.class_min or cls == self.latch_class:
+        latch_full = cfg.latch_attack and cls == self.latch_class
+        if len(self.stats) < cfg.warmup_steps or len(flags) < cfg.class_min or latch_full:
             return 1.0
         return 1.0 if sum(flags) / len(flags) > cfg.trap_share else cfg.monitor_share
 
