@@ -36,9 +36,9 @@ The paper's code is not public; every choice it leaves open is an option here (d
   are spread over its classes. ``trap_collapse=0``: the robust share alone (up to session 15);
 * ``trap_latch`` (default 100; 0 = off): once a trap has been seen in that many student steps it stays seen for
   the rest of the run, and (``latch_attack``, default on) the class most robust samples fell in up to then stays
-  attacked in full under the adaptive attack; ``latch_attack=0`` keeps the latch and leaves the attack schedule
-  alone. An escape
-  that works moves synthesis off the trap, the robust samples thin out, the trap stops being seen, the
+  attacked in full under the adaptive attack (``latch_attack=0`` keeps the latch and leaves the attack schedule
+  alone: the trap stays seen, but its class cools down and the escape is lost, session 20). An escape that
+  works moves synthesis off the trap, the robust samples thin out, the trap stops being seen, the
   trap-time measures switch off and synthesis falls back into it: on the held-out NTL teachers at 150,000 passes
   a trap was seen in only 631-647 of ~1,500 steps and the student agreed with the trap's labels on 91.5-100 % of
   its domain (session 19, ``docs/benchmarks.md``). A clean teacher, on which no trap is seen, is not touched;
@@ -384,8 +384,9 @@ class ATEscHook(Hook):
         trap-time measures switch off -- and synthesis falls back into the trap (held-out inverted teacher at
         150,000 passes: a trap seen in 647 of 1,490 steps, the student agreeing 100 % with the trap's labels).
         The latch is hysteresis for that loop; a clean teacher, on which no trap is ever seen, is not touched.
-        Under ``attack="adaptive"`` the class most robust samples fell in up to then (:attr:`latch_class`) is
-        attacked in full from then on, so trap samples that come back are not passed over as fragile."""
+        Under ``attack="adaptive"`` (and ``latch_attack``) the class most robust samples fell in up to then
+        (:attr:`latch_class`) is attacked in full from then on, so trap samples that come back are not passed
+        over as fragile."""
         return 0 < self.cfg.trap_latch <= self._trap_steps
 
     @property
