@@ -548,9 +548,7 @@ def parse_options(text: str) -> dict[str, Any]:
                 continue
         else:
             out[k] = v
-    if "charge_passes" in out:
-        out["charge_passes"] = bool(out["charge_passes"])
-    for flag in ("cache", "latch_attack"):
+    for flag in ("charge_passes", "cache", "latch_attack"):
         if flag in out:
             out[flag] = bool(out[flag])
     return out

@@ -401,7 +401,7 @@ class ATEscHook(Hook):
         samples fell in and its share of them, attack cost."""
         steps = len(self.stats)
         top, concentration = _top_class(self.stats)
-        return {"steps": steps, "trap_steps": int(sum(bool(r.get("trap")) for r in self.stats)),
+        return {"steps": steps, "trap_steps": self._trap_steps,
                 "robust_share": sum(r["robust_share"] for r in self.stats) / steps if steps else 0.0,
                 "robust_top_class": top, "robust_top_share": concentration,
                 "pgd_passes": self.pgd_passes, "pgd_seconds": self.pgd_seconds, "attacked": self.attacked,
